@@ -1,0 +1,3 @@
+"""Type stubs for the Rust extension `mirrorcore._native`."""
+
+def version() -> str: ...

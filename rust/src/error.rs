@@ -1,0 +1,65 @@
+//! The one error type of the native extension and its mapping to Python.
+
+use pyo3::exceptions::{PyFileNotFoundError, PyTimeoutError, PyValueError};
+use pyo3::PyErr;
+
+/// Every failure the native code can report.
+#[derive(Debug, thiserror::Error)]
+pub enum MirrorError {
+    /// A system call failed; keeps the errno so Python sees the same `OSError`.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// A peer or a frame broke the protocol (bad checksum, bad MAC, bad length).
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+/// The native extension's result type.
+pub type Result<T> = std::result::Result<T, MirrorError>;
+
+impl From<MirrorError> for PyErr {
+    fn from(err: MirrorError) -> PyErr {
+        match err {
+            MirrorError::Io(io) => match io.kind() {
+                std::io::ErrorKind::TimedOut => PyTimeoutError::new_err(io.to_string()),
+                std::io::ErrorKind::NotFound => PyFileNotFoundError::new_err(io.to_string()),
+                // PyO3's own mapping keeps the errno and picks the OSError subclass.
+                _ => PyErr::from(io),
+            },
+            MirrorError::Protocol(msg) => PyValueError::new_err(msg),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pyo3::types::PyTypeMethods;
+    use pyo3::Python;
+
+    fn python_type_name(err: MirrorError) -> String {
+        Python::initialize();
+        Python::attach(|py| {
+            let py_err: PyErr = err.into();
+            py_err.get_type(py).name().unwrap().to_string()
+        })
+    }
+
+    #[test]
+    fn io_errors_map_to_the_matching_python_exceptions() {
+        let timed_out = std::io::Error::new(std::io::ErrorKind::TimedOut, "peer silent");
+        assert_eq!(python_type_name(timed_out.into()), "TimeoutError");
+        let missing = std::io::Error::from_raw_os_error(2);
+        assert_eq!(python_type_name(missing.into()), "FileNotFoundError");
+        let denied = std::io::Error::from_raw_os_error(13);
+        assert_eq!(python_type_name(denied.into()), "PermissionError");
+    }
+
+    #[test]
+    fn protocol_errors_are_value_errors() {
+        assert_eq!(
+            python_type_name(MirrorError::Protocol("bad MAC".into())),
+            "ValueError"
+        );
+    }
+}
