@@ -10,6 +10,7 @@ echo "== lint"
 ruff check python tests bench
 ruff format --check python tests bench
 mypy
+python -m mypy.stubtest mirrorcore._native
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
 

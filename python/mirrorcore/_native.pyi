@@ -1,3 +1,5 @@
-"""Type stubs for the Rust extension `mirrorcore._native`."""
+"""Type stubs for the Rust extension `mirrorcore._native` (checked by `mypy.stubtest`)."""
+
+__all__ = ["version"]
 
 def version() -> str: ...

@@ -1,0 +1,332 @@
+"""One daemon per module: wires heartbeats, the state machine, scripts, the VIP and HTTP.
+
+The daemon owns no policy. Every input (a command, a heartbeat, a script that
+finished) becomes an `fsm` event; `fsm.step` answers with the next state, the
+actions to carry out and a sentence saying why; the daemon logs the sentence,
+executes the actions and feeds their results back as events. One task consumes
+the event channel, so the state machine sees one event at a time, in order.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import trio
+
+from mirrorcore import api, control, fsm, heart
+from mirrorcore.config import ModuleConfig
+from mirrorcore.modlog import ModuleLog
+from mirrorcore.paths import Paths
+from mirrorcore.scripts import ScriptRunner
+from mirrorcore.state import Durable, DurableStore
+from mirrorcore.vip import VipManager
+
+#: Commands the state machine decides on; everything else the daemon answers itself.
+FSM_COMMANDS = ("prim", "second", "start", "stop", "restart", "stopstart", "swap", "primforce", "resetloop")
+
+#: How long a stopping daemon keeps announcing STOP so the peer reacts at once.
+ANNOUNCE_STOP_SECONDS = 1.0
+
+_Item = tuple[fsm.Event, trio.MemorySendChannel[fsm.Step] | None]
+
+
+class Daemon:
+    """The running module on this node."""
+
+    def __init__(self, paths: Paths, config: ModuleConfig, key: bytes, *, exit_on_stop: bool) -> None:
+        self.paths = paths
+        self.config = config
+        self.exit_on_stop = exit_on_stop
+        self.log = ModuleLog(paths.log_dir(config.name), config.node)
+        self.store = DurableStore(paths.state_dir(config.name))
+        self.durable = self.store.load()
+        failover = config.failover if self.durable.failover_override is None else self.durable.failover_override
+        self.settings = fsm.Settings(
+            node=config.node,
+            peer=config.peer,
+            failover=failover,
+            defaultprim=config.defaultprim,
+            maxloop=config.maxloop,
+            loop_interval=config.loop_interval,
+        )
+        self.node = fsm.Node.initial(uptodate=self.durable.uptodate, generation=self.durable.generation)
+        self.peer_beat: heart.Beat | None = None
+        self.peer_alive = False
+        self.vip = VipManager(config.vips)
+        self.scripts = ScriptRunner(
+            module=config.name,
+            bin_dir=paths.bin_dir(config.name),
+            log_dir=paths.log_dir(config.name),
+            env=self._script_env(),
+            nicestoptimeout=config.user.nicestoptimeout,
+            forcestoptimeout=config.user.forcestoptimeout,
+        )
+        links = [
+            heart.Link(
+                ident=hb.ident,
+                lan=hb.lan,
+                local_addr=config.lan_addrs(hb.lan)[0],
+                peer_addr=config.lan_addrs(hb.lan)[1],
+            )
+            for hb in config.heart.heartbeats
+        ]
+        self.heart = heart.HeartService(
+            module=config.name,
+            node=config.node,
+            peer=config.peer,
+            links=links,
+            port=config.port,
+            key=key,
+            pulse=config.heart.pulse,
+            timeout=config.heart.timeout,
+            local=self._beat_fields,
+        )
+        self._events_send, self._events_recv = trio.open_memory_channel[_Item](256)
+        self._nursery: trio.Nursery | None = None
+
+    # ---- running -----------------------------------------------------------------------
+
+    async def run(self, initial_command: str | None = None) -> None:
+        """Runs the module until a `stop` ends it (auto-launched daemons) or it is cancelled.
+
+        Args:
+            initial_command: a command to carry out once listening (`daemon --start` at boot).
+        """
+        with _single_instance(self.paths.pidfile(self.config.name)):
+            self.log.write(f"Daemon started (pid {os.getpid()}), {self.node.state.value}: {self.node.reason}")
+            try:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    await nursery.start(self.heart.run)
+                    nursery.start_soon(self._pump_heartbeats)
+                    nursery.start_soon(self._event_loop)
+                    await nursery.start(api.serve, self.config.name, self.status, self.config.port)
+                    await nursery.start(control.serve, self.paths.socket(self.config.name), self.handle)
+                    if initial_command is not None:
+                        reply = await self.handle(control.Request(cmd=initial_command, initiator="boot"))
+                        self.log.write(f"Boot {initial_command}: {reply.message}", initiator="boot")
+            finally:
+                self.store.save_last_status(self.status())
+                self.log.write(f"Daemon exiting in state {self.node.state.value}")
+
+    async def handle(self, request: control.Request) -> control.Reply:
+        """Answers one control request from the CLI."""
+        if request.cmd == "status":
+            return control.Reply(ok=True, message=self.node.reason, status=self.status())
+        if request.cmd == "failover":
+            return self._set_failover(bool(request.args.get("on")), request.initiator)
+        if request.cmd not in FSM_COMMANDS:
+            return control.Reply(ok=False, message=f"unknown command {request.cmd!r}")
+        fullsync = bool(request.args.get("fullsync", False))
+        words = f"{request.cmd}{' fullsync' if fullsync else ''}"
+        self.log.write(f"Action {words} called", initiator=request.initiator)
+        event = fsm.Command(name=request.cmd, now=time.time(), initiator=request.initiator, fullsync=fullsync)
+        reply_send, reply_recv = trio.open_memory_channel[fsm.Step](1)
+        await self._events_send.send((event, reply_send))
+        step = await reply_recv.receive()
+        if step.refused is not None:
+            return control.Reply(ok=False, message=step.refused, status=self.status())
+        return control.Reply(ok=True, message=step.reason, status=self.status())
+
+    def status(self) -> dict[str, Any]:
+        """The status object shared by `state --json`, `/api/state` and the heartbeats' readers."""
+        node = self.node
+        beat = self.peer_beat if self.peer_alive else None
+        peer: dict[str, Any] = {"node": self.config.peer, "state": "UNKNOWN", "color": "red", "reason": "no heartbeat"}
+        if beat is not None:
+            peer = {
+                "node": beat.node,
+                "state": beat.state,
+                "color": beat.color,
+                "reason": beat.reason,
+                "uptodate": beat.uptodate,
+                "generation": beat.generation,
+            }
+        return {
+            "module": self.config.name,
+            "node": self.config.node,
+            "state": node.state.value,
+            "color": node.color.value,
+            "reason": node.reason,
+            "uptodate": node.uptodate,
+            "generation": node.generation,
+            "role": node.role.value,
+            "failover": self.settings.failover,
+            "primary_since": node.primary_since,
+            "loop": {"count": len(node.loop_times), "maxloop": self.settings.maxloop},
+            "heartbeats": self.heart.links_alive(),
+            "heartbeat_counters": dict(self.heart.counters),
+            "peer": peer,
+            "pid": os.getpid(),
+        }
+
+    # ---- inputs ------------------------------------------------------------------------
+
+    async def _pump_heartbeats(self) -> None:
+        async for event in self.heart.events:
+            if isinstance(event, heart.PeerBeat):
+                self.peer_beat = event.beat
+                self.peer_alive = True
+                await self._events_send.send((fsm.PeerSeen(peer=_peer_view(event.beat), now=time.time()), None))
+            elif isinstance(event, heart.LinkChanged):
+                word = "up" if event.alive else "down"
+                self.log.write(f"Resource heartbeat.{event.ident} set to {word}", initiator="heart")
+            elif isinstance(event, heart.AllLost):
+                self.peer_alive = False
+                self.log.write(f"All heartbeats from {self.config.peer} lost", level="E", initiator="heart")
+                await self._events_send.send((fsm.PeerLost(now=time.time()), None))
+
+    async def _event_loop(self) -> None:
+        async for event, reply in self._events_recv:
+            step = fsm.step(self.settings, self.node, event)
+            if reply is not None:
+                reply.send_nowait(step)
+            if step.refused is not None:
+                self.log.write(f"Refused: {step.refused}", level="E", initiator=_initiator(event))
+                continue
+            await self._apply(step, event)
+
+    async def _apply(self, step: fsm.Step, event: fsm.Event) -> None:
+        before = self.node
+        self.node = step.node
+        moved = (before.state, before.color) != (step.node.state, step.node.color)
+        if moved or before.reason != step.node.reason:
+            self.log.write(
+                f"{before.state.value} {before.color.value} -> {step.node.state.value} {step.node.color.value}: "
+                f"{step.reason}",
+                initiator=_initiator(event),
+            )
+        for action in step.actions:
+            await self._execute(action)
+        if moved:
+            self.heart.kick()
+
+    async def _execute(self, action: fsm.Action) -> None:
+        assert self._nursery is not None
+        if isinstance(action, fsm.RunScript):
+            self._nursery.start_soon(self._run_script, action)
+        elif isinstance(action, fsm.SetVip):
+            await self._vip_call("set", self.vip.set)
+        elif isinstance(action, fsm.UnsetVip):
+            await self._vip_call("unset", self.vip.unset)
+        elif isinstance(action, fsm.StartResync):
+            # Replication plugs in here; a module without <rfs> has nothing to catch up.
+            if self.config.rfs is None:
+                await self._events_send.send(
+                    (fsm.ResyncDone(ok=True, detail="no replicated directories", now=time.time()), None)
+                )
+        elif isinstance(action, fsm.SaveDurable):
+            self.durable = replace(self.durable, uptodate=action.uptodate, generation=action.generation)
+            await trio.to_thread.run_sync(self.store.save, self.durable)
+        elif isinstance(action, fsm.Exit) and self.exit_on_stop:
+            self._nursery.start_soon(self._exit_after_announcing)
+        # StartMirror / StopMirror: the replication issue gives them a body.
+
+    async def _run_script(self, action: fsm.RunScript) -> None:
+        result = await self.scripts.run(action.script, action.current.value, action.next.value, action.action)
+        if not result.skipped:
+            verdict = "succeeded" if result.ok else f"failed: {result.detail}"
+            self.log.write(f"Script {action.script} {verdict}", level="I" if result.ok else "E", initiator="scripts")
+        await self._events_send.send(
+            (fsm.ScriptDone(script=action.script, ok=result.ok, detail=result.detail, now=time.time()), None)
+        )
+
+    async def _vip_call(self, what: str, call: Callable[[], None]) -> None:
+        if not self.config.vips:
+            return
+        try:
+            await trio.to_thread.run_sync(call)
+        except OSError as exc:
+            self.log.write(f"Could not {what} the virtual IP: {exc}", level="E", initiator="vip")
+        else:
+            addrs = ", ".join(a.addr for i in self.config.vips for a in i.addrs)
+            self.log.write(f"Virtual IP {addrs} {what}", initiator="vip")
+
+    async def _exit_after_announcing(self) -> None:
+        self.heart.kick()
+        await trio.sleep(min(ANNOUNCE_STOP_SECONDS, 3 * self.config.heart.pulse))
+        assert self._nursery is not None
+        self._nursery.cancel_scope.cancel()
+
+    def _set_failover(self, on: bool, initiator: str | None) -> control.Reply:
+        self.settings = replace(self.settings, failover=on)
+        self.durable = replace(self.durable, failover_override=on)
+        self.store.save(self.durable)
+        self.log.write(f"Failover set {'on' if on else 'off'}", initiator=initiator)
+        return control.Reply(ok=True, message=f"failover is {'on' if on else 'off'}", status=self.status())
+
+    # ---- outputs -----------------------------------------------------------------------
+
+    def _beat_fields(self) -> dict[str, Any]:
+        node = self.node
+        return {
+            "state": node.state.value,
+            "color": node.color.value,
+            "uptodate": node.uptodate,
+            "generation": node.generation,
+            "sync_timestamp": self.durable.sync_timestamp,
+            "seq": 0,
+            "primary_since": node.primary_since,
+            "role": node.role.value,
+            "reason": node.reason,
+            "port": self.config.port,
+        }
+
+    def _script_env(self) -> dict[str, str]:
+        env = dict(self.config.user.vars)
+        env["MODULE"] = self.config.name
+        env["NODE"] = self.config.node
+        return env
+
+
+def _peer_view(beat: heart.Beat) -> fsm.PeerView:
+    return fsm.PeerView(
+        node=beat.node,
+        state=fsm.State(beat.state),
+        color=fsm.Color(beat.color),
+        uptodate=beat.uptodate,
+        generation=beat.generation,
+        role=fsm.Role(beat.role),
+        primary_since=beat.primary_since,
+    )
+
+
+def _initiator(event: fsm.Event) -> str | None:
+    if isinstance(event, fsm.Command):
+        return event.initiator
+    if isinstance(event, fsm.PeerSeen | fsm.PeerLost):
+        return "heart"
+    if isinstance(event, fsm.ScriptDone):
+        return event.script
+    return "daemon"
+
+
+class _single_instance:
+    """Holds an exclusive lock on the module's pid file while the daemon runs."""
+
+    def __init__(self, pidfile: os.PathLike[str]) -> None:
+        self.pidfile = pidfile
+        self.fd = -1
+
+    def __enter__(self) -> None:
+        os.makedirs(os.path.dirname(self.pidfile), exist_ok=True)
+        self.fd = os.open(self.pidfile, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.read(self.fd, 32).decode().strip() or "?"
+            os.close(self.fd)
+            raise RuntimeError(f"the module's daemon already runs (pid {other}); use `mirrorctl stop` first") from None
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, f"{os.getpid()}\n".encode())
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
+
+
+__all__ = ["Daemon", "Durable"]

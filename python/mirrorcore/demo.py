@@ -1,0 +1,186 @@
+"""`mirrorctl demo`: a two-node cluster on this machine, and a narrated tour of it.
+
+``mirrorctl demo`` runs the tour: bring the lab up, use the application through the
+virtual IP, crash the primary, watch the secondary take over, bring the node back,
+swap back, tear everything down. Each step prints what it verified; the command
+exits non-zero if any check failed. The subcommands drive the same lab by hand.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+
+import click
+from rich.console import Console
+
+from mirrorcore.demoset import VIP, DemoCluster, DemoSettings
+from mirrorcore.lab import Lab
+
+LAB_NAME = "mcdemo"
+out = Console(highlight=False)
+
+
+def _lab() -> Lab:
+    return Lab(LAB_NAME)
+
+
+def _attached() -> Lab:
+    try:
+        return Lab.existing(LAB_NAME)
+    except Exception as exc:
+        raise click.ClickException(f"the demo lab is not up ({exc}); run `mirrorctl demo up` first") from None
+
+
+@click.group(invoke_without_command=True)
+@click.pass_context
+def demo(ctx: click.Context) -> None:
+    """Run the narrated tour (no subcommand), or drive the demo lab by hand."""
+    if ctx.invoked_subcommand is None:
+        sys.exit(Tour().run())
+
+
+@demo.command()
+@click.option("--async", "async_mode", type=click.Choice(["none", "second"]), default="second", show_default=True)
+def up(async_mode: str) -> None:
+    """Create the lab and start the demo module: node1 PRIM, node2 SECOND."""
+    lab = _lab()
+    lab.up()
+    cluster = DemoCluster(lab)
+    cluster.install(DemoSettings())
+    cluster.start_pair()
+    out.print(f"demo up (async={async_mode}): node1 PRIM, node2 SECOND, app on http://{VIP}:8080 from `client`")
+
+
+@demo.command("exec", context_settings={"ignore_unknown_options": True})
+@click.argument("node", type=click.Choice(["node1", "node2", "client"]))
+@click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_(node: str, argv: tuple[str, ...]) -> None:
+    """Run a command on a node: `mirrorctl demo exec node1 -- mirrorctl state`."""
+    args = list(argv)
+    if args and args[0] == "mirrorctl":
+        args = [sys.executable, "-m", "mirrorcore.cli", *args[1:]]
+    result = _attached().exec(node, args, check=False, timeout=3600)
+    sys.stdout.write(result.stdout)
+    sys.stderr.write(result.stderr)
+    sys.exit(result.returncode)
+
+
+@demo.command()
+@click.argument("node", type=click.Choice(["node1", "node2", "client"]))
+def crash(node: str) -> None:
+    """SIGKILL every process of a node."""
+    _attached().crash(node)
+    out.print(f"{node} crashed (every process killed)")
+
+
+@demo.command()
+@click.argument("lan", required=False, type=click.Choice(["default", "private"]))
+def partition(lan: str | None) -> None:
+    """Cut node1 from node2 on one LAN (all LANs when none is named)."""
+    _attached().partition(lan)
+    out.print(f"partitioned {lan or 'all LANs'}")
+
+
+@demo.command()
+def heal() -> None:
+    """Undo every partition."""
+    _attached().heal()
+    out.print("healed")
+
+
+@demo.command()
+def down() -> None:
+    """Stop everything and remove the lab (idempotent)."""
+    _lab().down()
+    out.print("demo lab removed")
+
+
+class Tour:
+    """The narrated tour; each check prints ✓ or ✗ and the tour goes on."""
+
+    def __init__(self) -> None:
+        self.lab = _lab()
+        self.cluster = DemoCluster(self.lab)
+        self.failures = 0
+
+    def check(self, what: str, test: Callable[[], str]) -> None:
+        try:
+            detail = test()
+        except Exception as exc:
+            self.failures += 1
+            out.print(f"  [red]✗[/] {what}: {exc}")
+        else:
+            out.print(f"  [green]✓[/] {what}{': ' + detail if detail else ''}")
+
+    def step(self, title: str) -> None:
+        out.print(f"\n[bold]{title}[/]")
+
+    def run(self) -> int:
+        try:
+            self._tour()
+        finally:
+            self.step("Tear down")
+            self.lab.down()
+            out.print("  lab removed")
+        verdict = "[green]all checks passed[/]" if self.failures == 0 else f"[red]{self.failures} check(s) failed[/]"
+        out.print(f"\n{verdict}")
+        return 0 if self.failures == 0 else 1
+
+    def _tour(self) -> None:
+        c = self.cluster
+        self.step("1. Two nodes and a client in namespaces; module `demo` on both")
+        self.lab.down()
+        self.lab.up()
+        c.install(DemoSettings())
+        out.print("  heartbeats every 200 ms on LANs default and private, timeout 2 s; VIP " + VIP)
+        self.check("node1 started with `prim`, node2 with `second`", lambda: _ok(c.start_pair))
+        self.check("node1 is PRIM green", lambda: _reason(c.wait_for("node1", "PRIM")))
+        self.check("node2 is SECOND green", lambda: _reason(c.wait_for("node2", "SECOND")))
+
+        self.step("2. A client uses the application through the virtual IP")
+        self.check("PUT greeting=hello via the VIP is served by node1", lambda: _served(c, "put", "node1", "hello"))
+        self.check("GET greeting returns it", lambda: _served(c, "get", "node1"))
+
+        self.step("3. node1 crashes (SIGKILL of all its processes)")
+        crashed_at = time.monotonic()
+        self.lab.crash("node1")
+        self.check("node2 takes over: ALONE green", lambda: _failover(c, crashed_at))
+        self.check("the client reaches the app on the VIP again, now on node2", lambda: _served(c, "put", "node2", "x"))
+
+        self.step("4. node1 comes back with `mirrorctl start`")
+        self.check("node1 restarts", lambda: _ok(lambda: c.ctl("node1", "start", check=True)))
+        self.check("node1 becomes SECOND green", lambda: _reason(c.wait_for("node1", "SECOND")))
+        self.check("node2 becomes PRIM green", lambda: _reason(c.wait_for("node2", "PRIM")))
+
+        self.step("5. Swap back: `mirrorctl swap` on node2")
+        self.check("swap accepted", lambda: _ok(lambda: c.ctl("node2", "swap", check=True)))
+        self.check("node1 is primary again", lambda: _reason(c.wait_for("node1", "PRIM", timeout=40)))
+        self.check("node2 is SECOND green", lambda: _reason(c.wait_for("node2", "SECOND", timeout=40)))
+        self.check("the client is served by node1", lambda: _served(c, "get", "node1"))
+
+
+def _ok(action: Callable[[], object]) -> str:
+    action()
+    return ""
+
+
+def _reason(status: dict[str, object]) -> str:
+    return str(status.get("reason", ""))
+
+
+def _served(cluster: DemoCluster, method: str, node: str, value: str | None = None) -> str:
+    deadline = time.monotonic() + 10
+    while True:
+        code, served_by, body = cluster.client(method, "/kv/greeting", value)
+        if code in (200, 201) and served_by == node:
+            return f"{code} from {served_by}: {body}"
+        if time.monotonic() > deadline:
+            raise AssertionError(f"got {code} from {served_by or 'nobody'}: {body}")
+        time.sleep(0.2)
+
+
+def _failover(cluster: DemoCluster, crashed_at: float) -> str:
+    status = cluster.wait_for("node2", "ALONE", timeout=30)
+    return f"after {time.monotonic() - crashed_at:.1f} s: {status['reason']}"

@@ -1,0 +1,219 @@
+"""The mirror module's state machine: a pure function from (node, event) to the next step.
+
+The daemon holds the current `Node`, feeds every event to `step`, executes the returned actions in
+order and logs `Step.reason`, the sentence that says why the node is where it is (and, when it is
+blocked, what to do). Nothing here does I/O or reads the clock: time comes in with each event.
+
+Layout: `_fsm_types` (values), `_fsm_rules` (tie-breaks both nodes compute alike), `_fsm_enter`
+(first step of each move), `_fsm_settle` (decisions from the peer's view), `_fsm_scripts`
+(continuations after scripts and resyncs), and here the event and command dispatch.
+"""
+
+from __future__ import annotations
+
+from mirrorcore._fsm_enter import begin_restart, begin_start, begin_stop, out
+from mirrorcore._fsm_rules import Candidate, primary_winner, start_winner
+from mirrorcore._fsm_scripts import STOPPED, after_script, resync_done, stop_now
+from mirrorcore._fsm_settle import decide, settle_primary, settle_second
+from mirrorcore._fsm_types import (
+    PRIMARIES,
+    Action,
+    Color,
+    Command,
+    Event,
+    Exit,
+    Goal,
+    Node,
+    PeerLost,
+    PeerSeen,
+    PeerView,
+    Phase,
+    ResyncDone,
+    Role,
+    RunScript,
+    SaveDurable,
+    ScriptDone,
+    Settings,
+    SetVip,
+    StartMirror,
+    StartResync,
+    State,
+    Step,
+    StopMirror,
+    UnsetVip,
+)
+
+__all__ = [
+    "COMMANDS",
+    "Action",
+    "Candidate",
+    "Color",
+    "Command",
+    "Event",
+    "Exit",
+    "Goal",
+    "Node",
+    "PeerLost",
+    "PeerSeen",
+    "PeerView",
+    "Phase",
+    "ResyncDone",
+    "Role",
+    "RunScript",
+    "SaveDurable",
+    "ScriptDone",
+    "SetVip",
+    "Settings",
+    "StartMirror",
+    "StartResync",
+    "State",
+    "Step",
+    "StopMirror",
+    "UnsetVip",
+    "is_primary",
+    "primary_winner",
+    "start_winner",
+    "step",
+]
+
+_START_ROLES = {"start": Role.START, "prim": Role.PRIM, "second": Role.SECOND, "primforce": Role.PRIMFORCE}
+COMMANDS = (*_START_ROLES, "stop", "restart", "stopstart", "swap", "resetloop")
+# Actions a script or checker may repeat in a loop; `maxloop` bounds them.
+_COUNTED = ("restart", "stopstart", "swap")
+# Internal initiator for the automatic hand-back to defaultprim: not a loop, and not an admin.
+DEFAULTPRIM_INITIATOR = "defaultprim"
+
+
+def is_primary(node: Node) -> bool:
+    """True when the node runs (or is starting) the application and is not stepping down or stopping."""
+    return node.state in PRIMARIES and node.goal not in (Goal.STOP, Goal.STOPSTART, Goal.STEPDOWN)
+
+
+def step(settings: Settings, node: Node, event: Event) -> Step:
+    """Compute the next node, the actions to execute, and the reason.
+
+    Args:
+        settings: the module's settings.
+        node: the current node.
+        event: what just happened.
+
+    Returns:
+        The step; `refused` is set (and the node unchanged) when a command makes no sense now.
+    """
+    match event:
+        case Command():
+            return _command(settings, node, event)
+        case PeerSeen(peer=peer):
+            return _on_peer(settings, node.but(peer=peer, peer_lost=False), event.now)
+        case PeerLost():
+            return _on_peer(settings, node.but(peer=None, peer_lost=True), event.now)
+        case ScriptDone():
+            return after_script(settings, node, event)
+        case ResyncDone():
+            return resync_done(settings, node, event)
+
+
+def _on_peer(s: Settings, n: Node, now: float) -> Step:
+    if n.phase is Phase.SCRIPT:
+        return out(n)  # decided once the script finishes, with the latest view
+    if n.state is State.WAIT:
+        if n.phase is Phase.LISTEN:
+            return decide(s, n)
+        p = n.peer
+        # HELD (failover off) re-decides only when the peer is back as primary or is starting: a
+        # stopped or silent peer is exactly what put us here.
+        if (
+            n.phase is Phase.HELD
+            and p is not None
+            and (p.primary or (p.state is State.WAIT and p.role is not Role.NONE))
+        ):
+            return decide(s, n.but(phase=Phase.LISTEN))
+        return out(n)
+    if n.state in PRIMARIES:
+        return settle_primary(s, n, now)
+    if n.state is State.SECOND:
+        return settle_second(s, n)
+    return out(n)
+
+
+def _refuse(node: Node, why: str) -> Step:
+    return Step(node, (), node.reason, why)
+
+
+def _command(s: Settings, node: Node, c: Command) -> Step:
+    if c.name == "resetloop":
+        n = node.but(loop_times=())
+        return Step(n, (), f"maxloop counter reset ({len(node.loop_times)} recent actions forgotten)")
+    if c.name not in COMMANDS:
+        return _refuse(node, f"unknown command {c.name!r}: use one of {', '.join(COMMANDS)}")
+    if node.phase is Phase.SCRIPT and c.name != "stop":
+        return _refuse(node, f"busy running {node.script}; try again when it finishes")
+    st = _accepted(s, node, c)
+    if st.refused is not None:
+        return st
+    if c.initiator is None:
+        times: tuple[float, ...] = ()  # an admin acted: whatever looped before is now their call
+    elif c.initiator != DEFAULTPRIM_INITIATOR and c.name in _COUNTED:
+        times = (*(t for t in node.loop_times if c.now - t < s.loop_interval), c.now)
+        if len(times) > s.maxloop:
+            return _maxloop(s, node.but(loop_times=times), c)
+    else:
+        times = node.loop_times
+    return Step(st.node.but(loop_times=times), st.actions, st.reason)
+
+
+def _maxloop(s: Settings, node: Node, c: Command) -> Step:
+    why = (
+        f"maxloop reached: {len(node.loop_times)} actions in {_span(s.loop_interval)} (maxloop {s.maxloop}); "
+        f"module stopped: fix the cause, then `mirrorctl resetloop` and `mirrorctl start`"
+    )
+    if node.phase is Phase.SCRIPT:
+        return out(node.but(stop_pending=True, reason=why))
+    return begin_stop(node, Goal.STOP, why, why, exit_=False)
+
+
+def _span(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+def _accepted(s: Settings, node: Node, c: Command) -> Step:
+    """The command's effect, or a refusal."""
+    name, state = c.name, node.state
+    if name in _START_ROLES:
+        role = _START_ROLES[name]
+        if state is State.STOP:
+            return begin_start(node, role, c.fullsync, f"starting with `{name}`: running prestart")
+        if state is State.WAIT and name != "start":
+            # A waiting node may be told what to be; it then decides again at once.
+            n = node.but(role=role, fullsync=c.fullsync or node.fullsync, phase=Phase.LISTEN, resync_error=None)
+            return decide(s, n)
+        return _refuse(node, f"already {state.value}: run `mirrorctl stop` first to start it differently")
+    if name == "stop":
+        if node.phase is Phase.SCRIPT:
+            why = f"stop requested: will stop once {node.script} finishes"
+            return out(node.but(stop_pending=True, reason=why))
+        if state is State.STOP:
+            return _refuse(node, "already stopped")
+        return stop_now(node)
+    if state is State.STOP:
+        return _refuse(node, f"{name} needs a running module: run `mirrorctl start`")
+    if name == "restart":
+        if state not in PRIMARIES:
+            return _refuse(node, f"restart only applies to a primary (ALONE or PRIM); this node is {state.value}")
+        return begin_restart(node, "restarting the application (stop_prim then start_prim)")
+    if name == "swap":
+        if state is State.SECOND:
+            return _refuse(node, f"run swap on the primary {s.peer}")
+        if state is not State.PRIM or node.color is not Color.GREEN or node.peer is None or not node.peer.ready_second:
+            return _refuse(
+                node, f"swap needs this node PRIM green and {s.peer} SECOND green; this node is {state.value}"
+            )
+        why = f"swap: handing the application to {s.peer}"
+        return begin_stop(node, Goal.STOPSTART, why, STOPPED, exit_=False)
+    why = "stopstart: stopping, then starting again"
+    if c.initiator == DEFAULTPRIM_INITIATOR:
+        why = f"defaultprim={s.peer}: handing the application back to {s.peer}"
+    return begin_stop(node, Goal.STOPSTART, why, STOPPED, exit_=False)
