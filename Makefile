@@ -1,5 +1,5 @@
 # The two commands of the README, plus the ones developers use.
-.PHONY: setup demo test bench bench-short lint clean
+.PHONY: setup demo test bench clean
 
 setup:
 	bash ci/setup.sh
@@ -12,9 +12,6 @@ test: setup
 
 bench: setup
 	.venv/bin/python -m pytest bench --benchmark-only -p no:cacheprovider
-
-lint: setup
-	bash ci/test.sh --co -q >/dev/null
 
 clean:
 	-.venv/bin/mirrorctl demo down

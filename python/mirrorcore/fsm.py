@@ -184,6 +184,13 @@ def _accepted(s: Settings, node: Node, c: Command) -> Step:
     name, state = c.name, node.state
     if name in _START_ROLES:
         role = _START_ROLES[name]
+        if role is Role.PRIM and not node.uptodate and node.generation != 0 and state in (State.STOP, State.WAIT):
+            # Known stale data: say so now rather than after prestart and listening for the peer.
+            return _refuse(
+                node,
+                f"not uptodate: {s.peer} has newer data; start {s.peer} first, or run `mirrorctl primforce` "
+                f"to start here anyway, losing {s.peer}'s newer data",
+            )
         if state is State.STOP:
             return begin_start(node, role, c.fullsync, f"starting with `{name}`: running prestart")
         if state is State.WAIT and name != "start":

@@ -155,3 +155,46 @@ def test_maxloop_stops_the_module(lab):
     # The secondary took over when the primary stopped.
     cluster.wait_for("node2", "ALONE", timeout=15)
     assert VIP
+
+
+def test_a_failing_start_prim_stops_the_module_with_the_error_in_the_log(lab):
+    cluster = DemoCluster(lab)
+    cluster.install()
+    start_prim = lab.host_path("node1", "/etc/mirrorcore/modules/demo/bin/start_prim")
+    start_prim.write_text('#!/bin/sh\necho "cannot open /srv/demo/db.conf" >&2\nexit 3\n')
+    cluster.ctl("node1", "prim")
+    status = cluster.wait_for("node1", "STOP", "red", timeout=20)
+    assert "start_prim failed" in status["reason"]
+    log = cluster.module_log("node1")
+    assert "cannot open /srv/demo/db.conf" in log
+    assert cluster.client("get", "/")[0] == 0  # nothing serves the VIP
+    vip_on_node1 = lab.exec("node1", ["ip", "-o", "addr", "show"]).stdout
+    assert VIP not in vip_on_node1
+
+
+def test_failover_can_be_turned_off_and_on_at_run_time(lab):
+    cluster = started(lab)
+    cluster.ctl("node2", "failover", "off", check=True)
+    assert cluster.state("node2")["failover"] is False
+    assert "Failover set off" in cluster.module_log("node2")
+    cluster.ctl("node2", "failover", "on", check=True)
+    lab.crash("node1")
+    cluster.wait_for("node2", "ALONE", timeout=TIMEOUT_S + 10)
+
+
+def test_a_not_uptodate_node_waits_until_primforce(lab):
+    cluster = started(lab)
+    # The secondary stops, the primary goes on alone (its data moves ahead), then it crashes.
+    cluster.ctl("node2", "stop", check=True)
+    cluster.wait_for("node1", "ALONE", timeout=10)
+    lab.crash("node1")
+    cluster.ctl("node2", "start", check=True)
+    status = cluster.wait_for("node2", "WAIT", "red", timeout=TIMEOUT_S + 10)
+    assert "not uptodate" in status["reason"]
+    assert "primforce" in status["reason"]
+    refused = cluster.ctl("node2", "prim")
+    assert refused.returncode != 0
+    assert "primforce" in refused.stderr
+    cluster.ctl("node2", "primforce", check=True)
+    cluster.wait_for("node2", "ALONE", timeout=15)
+    assert cluster.client("get", "/")[:2] == (200, "node2")

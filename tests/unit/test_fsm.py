@@ -215,14 +215,15 @@ def test_prim_on_fresh_node_becomes_alone() -> None:
     assert "started with `prim`" in st.reason
 
 
-def test_prim_on_stale_node_refuses_and_names_primforce() -> None:
-    st = step(S, listening(False, 3, cmd="prim"), PeerSeen(peer(State.STOP, Color.RED, role=Role.NONE), T))
-    assert scripts(st) == ["poststop"]
-    st = done(st.node)
-    assert st.node.state is State.STOP
-    assert "not uptodate" in st.reason
-    assert "mirrorctl primforce" in st.reason
-    assert "losing node2's newer data" in st.reason
+def test_prim_on_stale_node_refuses_at_once_and_names_primforce() -> None:
+    stale = Node.initial(uptodate=False, generation=3)
+    st = step(S, stale, Command("prim", T))
+    assert st.node == stale
+    assert st.actions == ()
+    assert st.refused is not None
+    assert "not uptodate" in st.refused
+    assert "mirrorctl primforce" in st.refused
+    assert "losing node2's newer data" in st.refused
 
 
 def test_primforce_becomes_alone_even_when_stale() -> None:

@@ -1,0 +1,1 @@
+"""Benchmarks run with `make bench` (timed) and, in CI, once each without timing (`--benchmark-disable`)."""
