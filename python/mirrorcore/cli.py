@@ -295,7 +295,8 @@ def _check_config(paths: Paths, name: str) -> ModuleConfig:
 @main.command()
 @module_options
 @click.option("--exit-on-stop", is_flag=True, help="Exit once the module is stopped (used by start/prim/second).")
-def daemon(module: str | None, initiator: str | None, exit_on_stop: bool) -> None:
+@click.option("--start", "start_now", is_flag=True, help="Start the module once running (the boot unit uses it).")
+def daemon(module: str | None, initiator: str | None, exit_on_stop: bool, start_now: bool) -> None:
     """Run the module's daemon in the foreground (for systemd)."""
     import trio
 
@@ -311,7 +312,7 @@ def daemon(module: str | None, initiator: str | None, exit_on_stop: bool) -> Non
     except ClusterKeyError as exc:
         raise CliError(str(exc)) from None
     try:
-        trio.run(Daemon(paths, config, key, exit_on_stop=exit_on_stop).run)
+        trio.run(Daemon(paths, config, key, exit_on_stop=exit_on_stop).run, "start" if start_now else None)
     except RuntimeError as exc:
         raise CliError(str(exc)) from None
 

@@ -19,7 +19,7 @@ from mirrorcore.demoset import VIP, DemoCluster, DemoSettings
 from mirrorcore.lab import Lab
 
 LAB_NAME = "mcdemo"
-out = Console(highlight=False)
+out = Console(highlight=False, soft_wrap=True)
 
 
 def _lab() -> Lab:
@@ -114,6 +114,13 @@ class Tour:
         else:
             out.print(f"  [green]✓[/] {what}{': ' + detail if detail else ''}")
 
+    def show(self, node: str, command: str) -> None:
+        """Prints what an operator would see running `command` on `node`."""
+        out.print(f"  [dim]{node}$ {command}[/]")
+        result = self.cluster.ctl(node, *command.split()[1:])
+        for line in (result.stdout + result.stderr).splitlines():
+            out.print(f"    {line}", markup=False)
+
     def step(self, title: str) -> None:
         out.print(f"\n[bold]{title}[/]")
 
@@ -138,6 +145,7 @@ class Tour:
         self.check("node1 started with `prim`, node2 with `second`", lambda: _ok(c.start_pair))
         self.check("node1 is PRIM green", lambda: _reason(c.wait_for("node1", "PRIM")))
         self.check("node2 is SECOND green", lambda: _reason(c.wait_for("node2", "SECOND")))
+        self.show("node1", "mirrorctl state")
 
         self.step("2. A client uses the application through the virtual IP")
         self.check("PUT greeting=hello via the VIP is served by node1", lambda: _served(c, "put", "node1", "hello"))
@@ -153,6 +161,7 @@ class Tour:
         self.check("node1 restarts", lambda: _ok(lambda: c.ctl("node1", "start", check=True)))
         self.check("node1 becomes SECOND green", lambda: _reason(c.wait_for("node1", "SECOND")))
         self.check("node2 becomes PRIM green", lambda: _reason(c.wait_for("node2", "PRIM")))
+        self.show("node2", "mirrorctl log -n 6")
 
         self.step("5. Swap back: `mirrorctl swap` on node2")
         self.check("swap accepted", lambda: _ok(lambda: c.ctl("node2", "swap", check=True)))
