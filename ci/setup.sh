@@ -29,7 +29,7 @@ fi
 
 # Rebuild the package (and its Rust extension) only when its inputs changed.
 stamp=.venv/.mirrorcore-build
-inputs=$(cat pyproject.toml Cargo.toml Cargo.lock rust/src/*.rs 2>/dev/null | sha256sum | cut -d' ' -f1)
+inputs=$(find pyproject.toml Cargo.toml Cargo.lock rust/src -type f -print0 | sort -z | xargs -0 cat | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$inputs" ] || ! .venv/bin/python -c 'import mirrorcore._native' 2>/dev/null; then
     echo "setup: installing mirrorcore and its development tools into .venv (builds the Rust extension)"
     .venv/bin/pip install -q --upgrade pip

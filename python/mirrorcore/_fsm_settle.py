@@ -117,9 +117,7 @@ def settle_primary(s: Settings, node: Node, now: float) -> Step:
     p = node.peer
     if p is None:
         return out(
-            node.but(
-                state=State.ALONE, reason=f"running alone: {s.peer} is not heard; writes are tracked for its resync"
-            )
+            node.but(state=State.ALONE, reason=f"running alone: {s.peer} is not heard; it catches up when it returns")
         )
     if p.primary:
         return _split_brain(s, node, p)
@@ -129,7 +127,7 @@ def settle_primary(s: Settings, node: Node, now: float) -> Step:
             handback = f"defaultprim={p.node}: handing the application back to {p.node}"
             return chain(out(n), begin_stop(n, Goal.STOPSTART, handback, handback, exit_=False))
         return out(n)
-    why = f"running alone: {p.node} is {p.state.value} {p.color.value}; writes are tracked for its resync"
+    why = f"running alone: {p.node} is {p.state.value} {p.color.value}; it catches up when it returns"
     return out(node.but(state=State.ALONE, reason=why))
 
 

@@ -22,6 +22,7 @@ from mirrorcore import api, control, fsm, heart
 from mirrorcore.config import ModuleConfig
 from mirrorcore.modlog import ModuleLog
 from mirrorcore.paths import Paths
+from mirrorcore.rfs.mirror import Mirror
 from mirrorcore.scripts import ScriptRunner
 from mirrorcore.state import Durable, DurableStore
 from mirrorcore.vip import VipManager
@@ -86,6 +87,7 @@ class Daemon:
             timeout=config.heart.timeout,
             local=self._beat_fields,
         )
+        self.mirror = Mirror(paths, config, key, self.log) if config.rfs is not None else None
         self._events_send, self._events_recv = trio.open_memory_channel[_Item](256)
         self._nursery: trio.Nursery | None = None
 
@@ -111,6 +113,9 @@ class Daemon:
                         reply = await self.handle(control.Request(cmd=initial_command, initiator="boot"))
                         self.log.write(f"Boot {initial_command}: {reply.message}", initiator="boot")
             finally:
+                if self.mirror is not None:
+                    with trio.CancelScope(shield=True):
+                        await self.mirror.stop()
                 self.store.save_last_status(self.status())
                 self.log.write(f"Daemon exiting in state {self.node.state.value}")
 
@@ -163,6 +168,7 @@ class Daemon:
             "heartbeat_counters": dict(self.heart.counters),
             "peer": peer,
             "pid": os.getpid(),
+            "rfs": self.mirror.status() if self.mirror is not None else None,
         }
 
     # ---- inputs ------------------------------------------------------------------------
@@ -215,17 +221,29 @@ class Daemon:
         elif isinstance(action, fsm.UnsetVip):
             await self._vip_call("unset", self.vip.unset)
         elif isinstance(action, fsm.StartResync):
-            # Replication plugs in here; a module without <rfs> has nothing to catch up.
-            if self.config.rfs is None:
+            if self.mirror is None:
                 await self._events_send.send(
                     (fsm.ResyncDone(ok=True, detail="no replicated directories", now=time.time()), None)
                 )
+            else:
+                self._nursery.start_soon(self._await_resync, self.mirror)
+        elif isinstance(action, fsm.StartMirror) and self.mirror is not None:
+            if action.role == "primary":
+                await self.mirror.start_primary(self._nursery)
+            else:
+                await self.mirror.start_secondary()
+        elif isinstance(action, fsm.StopMirror) and self.mirror is not None:
+            await self.mirror.stop()
         elif isinstance(action, fsm.SaveDurable):
             self.durable = replace(self.durable, uptodate=action.uptodate, generation=action.generation)
             await trio.to_thread.run_sync(self.store.save, self.durable)
         elif isinstance(action, fsm.Exit) and self.exit_on_stop:
             self._nursery.start_soon(self._exit_after_announcing)
-        # StartMirror / StopMirror: the replication issue gives them a body.
+
+    async def _await_resync(self, mirror: Mirror) -> None:
+        if await mirror.wait_synced():
+            detail = "the primary's full copy arrived"
+            await self._events_send.send((fsm.ResyncDone(ok=True, detail=detail, now=time.time()), None))
 
     async def _run_script(self, action: fsm.RunScript) -> None:
         result = await self.scripts.run(action.script, action.current.value, action.next.value, action.action)

@@ -48,7 +48,7 @@ def up(async_mode: str) -> None:
     lab = _lab()
     lab.up()
     cluster = DemoCluster(lab)
-    cluster.install(DemoSettings())
+    cluster.install(DemoSettings(async_mode=async_mode))
     cluster.start_pair()
     out.print(f"demo up (async={async_mode}): node1 PRIM, node2 SECOND, app on http://{VIP}:8080 from `client`")
 
@@ -141,7 +141,8 @@ class Tour:
         self.lab.down()
         self.lab.up()
         c.install(DemoSettings())
-        out.print("  heartbeats every 200 ms on LANs default and private, timeout 2 s; VIP " + VIP)
+        out.print(f"  heartbeats every 200 ms on LANs default and private, timeout 2 s; VIP {VIP}")
+        out.print("  /srv/demo is replicated in real time (semi-synchronous: async=second) on LAN private")
         self.check("node1 started with `prim`, node2 with `second`", lambda: _ok(c.start_pair))
         self.check("node1 is PRIM green", lambda: _reason(c.wait_for("node1", "PRIM")))
         self.check("node2 is SECOND green", lambda: _reason(c.wait_for("node2", "SECOND")))
@@ -155,11 +156,17 @@ class Tour:
         crashed_at = time.monotonic()
         self.lab.crash("node1")
         self.check("node2 takes over: ALONE green", lambda: _failover(c, crashed_at))
-        self.check("the client reaches the app on the VIP again, now on node2", lambda: _served(c, "put", "node2", "x"))
+        self.check(
+            "the client reaches the app on the VIP again, now on node2, and greeting=hello survived (replicated)",
+            lambda: _served(c, "get", "node2", expect="hello"),
+        )
+        self.check("node2 takes new writes alone", lambda: _served(c, "put", "node2", "hello again"))
 
         self.step("4. node1 comes back with `mirrorctl start`")
         self.check("node1 restarts", lambda: _ok(lambda: c.ctl("node1", "start", check=True)))
-        self.check("node1 becomes SECOND green", lambda: _reason(c.wait_for("node1", "SECOND")))
+        self.check(
+            "node1 becomes SECOND green (a full copy from node2)", lambda: _reason(c.wait_for("node1", "SECOND"))
+        )
         self.check("node2 becomes PRIM green", lambda: _reason(c.wait_for("node2", "PRIM")))
         self.show("node2", "mirrorctl log -n 6")
 
@@ -167,7 +174,10 @@ class Tour:
         self.check("swap accepted", lambda: _ok(lambda: c.ctl("node2", "swap", check=True)))
         self.check("node1 is primary again", lambda: _reason(c.wait_for("node1", "PRIM", timeout=40)))
         self.check("node2 is SECOND green", lambda: _reason(c.wait_for("node2", "SECOND", timeout=40)))
-        self.check("the client is served by node1", lambda: _served(c, "get", "node1"))
+        self.check(
+            "the client is served by node1, with the write made while node1 was down",
+            lambda: _served(c, "get", "node1", expect="hello again"),
+        )
 
 
 def _ok(action: Callable[[], object]) -> str:
@@ -179,11 +189,13 @@ def _reason(status: dict[str, object]) -> str:
     return str(status.get("reason", ""))
 
 
-def _served(cluster: DemoCluster, method: str, node: str, value: str | None = None) -> str:
+def _served(
+    cluster: DemoCluster, method: str, node: str, value: str | None = None, *, expect: str | None = None
+) -> str:
     deadline = time.monotonic() + 10
     while True:
         code, served_by, body = cluster.client(method, "/kv/greeting", value)
-        if code in (200, 201) and served_by == node:
+        if code in (200, 201) and served_by == node and (expect is None or body == expect):
             return f"{code} from {served_by}: {body}"
         if time.monotonic() > deadline:
             raise AssertionError(f"got {code} from {served_by or 'nobody'}: {body}")

@@ -49,6 +49,9 @@ USERCONFIG_XML = """<safe>
         </interface>
       </interface_list>
     </vip>
+    <rfs async="{async_mode}">
+      <replicated dir="/srv/demo"/>
+    </rfs>
     <user nicestoptimeout="5s" forcestoptimeout="5s">
       <var name="APP_PORT" value="%APP_PORT%"/>
       <var name="PYTHON" value="{python}"/>
@@ -99,6 +102,7 @@ class DemoSettings:
     defaultprim: str = "alone"
     maxloop: int = 3
     loop_interval: str = "24h"
+    async_mode: str = "second"
 
 
 class DemoCluster:
@@ -121,6 +125,7 @@ class DemoCluster:
             defaultprim=settings.defaultprim,
             maxloop=settings.maxloop,
             loop_interval=settings.loop_interval,
+            async_mode=settings.async_mode,
         )
         for node in NODES:
             etc = self.lab.host_path(node, "/etc/mirrorcore")

@@ -1,6 +1,8 @@
 //! The one error type of the native extension and its mapping to Python.
 
-use pyo3::exceptions::{PyFileNotFoundError, PyTimeoutError, PyValueError};
+use pyo3::exceptions::{
+    PyConnectionError, PyFileNotFoundError, PyPermissionError, PyTimeoutError, PyValueError,
+};
 use pyo3::PyErr;
 
 /// Every failure the native code can report.
@@ -12,6 +14,21 @@ pub enum MirrorError {
     /// A peer or a frame broke the protocol (bad checksum, bad MAC, bad length).
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The peer does not know the cluster key (or we do not know its key).
+    #[error("authentication failed: {0}")]
+    Auth(String),
+    /// The replication link is down; the message says why it went down.
+    #[error("replication link down: {0}")]
+    Disconnected(String),
+    /// A wait ran out of time (a barrier, a drain, a silent peer).
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// A path that is absolute, empty or has `.`/`..` components.
+    #[error("invalid path {0:?}: must be relative to the root, without '.' or '..' components")]
+    InvalidPath(String),
+    /// A bad argument from the caller (mode name, key, address).
+    #[error("{0}")]
+    InvalidArgument(String),
 }
 
 /// The native extension's result type.
@@ -26,7 +43,12 @@ impl From<MirrorError> for PyErr {
                 // PyO3's own mapping keeps the errno and picks the OSError subclass.
                 _ => PyErr::from(io),
             },
-            MirrorError::Protocol(msg) => PyValueError::new_err(msg),
+            MirrorError::Auth(_) => PyPermissionError::new_err(err.to_string()),
+            MirrorError::Disconnected(_) => PyConnectionError::new_err(err.to_string()),
+            MirrorError::Timeout(_) => PyTimeoutError::new_err(err.to_string()),
+            MirrorError::Protocol(_)
+            | MirrorError::InvalidPath(_)
+            | MirrorError::InvalidArgument(_) => PyValueError::new_err(err.to_string()),
         }
     }
 }
@@ -61,5 +83,27 @@ mod tests {
             python_type_name(MirrorError::Protocol("bad MAC".into())),
             "ValueError"
         );
+    }
+
+    #[test]
+    fn link_errors_map_to_the_exceptions_callers_catch() {
+        assert_eq!(
+            python_type_name(MirrorError::Auth("wrong key".into())),
+            "PermissionError"
+        );
+        assert_eq!(
+            python_type_name(MirrorError::Disconnected("reset".into())),
+            "ConnectionError"
+        );
+        assert_eq!(
+            python_type_name(MirrorError::Timeout("barrier".into())),
+            "TimeoutError"
+        );
+        assert_eq!(
+            python_type_name(MirrorError::InvalidPath("../x".into())),
+            "ValueError"
+        );
+        let refused = std::io::Error::from_raw_os_error(libc::ECONNREFUSED);
+        assert_eq!(python_type_name(refused.into()), "ConnectionRefusedError");
     }
 }

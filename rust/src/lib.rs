@@ -6,13 +6,31 @@
 //!
 //! # Layout
 //!
+//! - `lib.rs`: the Python module; [`detached`] releases the GIL.
+//! - `pyapi.rs`: the classes Python sees, `Forwarder` and `Receiver`.
 //! - `error.rs`: the one error enum and its mapping to Python exceptions.
-//! - `lib.rs`: the Python module and the few classes Python sees.
+//! - `wire/`: the one place that encodes and decodes: `mod.rs` frames, MACs
+//!   and acks, `op.rs` the operations and their payloads.
+//! - `auth.rs`: the handshake with the cluster key; session keys; modes.
+//! - `forward.rs`: primary: local `pwrite`, ordered bounded queue, sender and
+//!   ack reader threads, barriers.
+//! - `receive.rs`: secondary: listener, handshake, frame verification.
+//! - `cache.rs`: secondary: bounded in-memory queue, ordered applier, flushes.
+//! - `apply.rs`: secondary: one operation under the root, fd LRU for writes.
+//! - `beneath.rs`: resolving paths without leaving the root (`openat2`).
 //!
-//! The replication path (`wire.rs`, `auth.rs`, `forward.rs`, `apply.rs`,
-//! `cache.rs`, `dirty.rs`, `extent.rs`) lands with the replication issue.
+//! Still to come: `dirty.rs` (zone bitmaps for unsent writes, fed by the
+//! forwarder's `on_unsent` hook) and `extent.rs` (resync and verify).
 
+pub mod apply;
+pub mod auth;
+pub mod beneath;
+pub mod cache;
 pub mod error;
+pub mod forward;
+pub mod pyapi;
+pub mod receive;
+pub mod wire;
 
 use pyo3::prelude::*;
 
@@ -36,5 +54,7 @@ fn version() -> &'static str {
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(version, m)?)?;
+    m.add_class::<pyapi::Forwarder>()?;
+    m.add_class::<pyapi::Receiver>()?;
     Ok(())
 }

@@ -332,7 +332,7 @@ def test_become_alone_persists_sets_vip_and_starts_the_app() -> None:
     assert is_primary(st.node)
     st = step(S, st.node, ScriptDone("start_prim", True, "", 1234.0))
     assert (st.node.state, st.node.color, st.node.primary_since) == (State.ALONE, Color.GREEN, 1234.0)
-    assert "writes are tracked" in st.reason
+    assert "it catches up when it returns" in st.reason
 
 
 def test_start_prim_failure_cleans_up_and_stops_red() -> None:
@@ -364,7 +364,7 @@ def test_prim_falls_back_to_alone_when_the_second_goes(event: PeerLost | PeerSee
     prim = step(S, alone(), PeerSeen(SECOND_GREEN, T)).node
     st = step(S, prim, event)
     assert (st.node.state, st.node.color) == (State.ALONE, Color.GREEN)
-    assert "writes are tracked for its resync" in st.reason
+    assert "it catches up when it returns" in st.reason
     assert st.actions == ()
 
 

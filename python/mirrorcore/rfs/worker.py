@@ -1,0 +1,224 @@
+"""One replicated directory's FUSE worker: mount `MirrorFS` over the directory itself.
+
+`serve` opens the directory BEFORE mounting (that fd keeps reaching the real files once the
+mount covers the path), mounts over the same path and serves until cancelled, then unmounts
+(lazily: applications may still hold files open). `recover_stale_mount` removes the dead mount a
+crashed worker left behind ("Transport endpoint is not connected").
+
+Run alone as `python -m mirrorcore.rfs.worker --dir DIR --passthrough` (no replication).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import errno
+import functools
+import logging
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from mirrorcore.rfs.filters import Filter
+from mirrorcore.rfs.fuse import MOUNT_OPTIONS, MirrorFS
+from mirrorcore.rfs.replicator import Replicator
+
+__all__ = ["fuse_mounts", "main", "recover_stale_mount", "serve"]
+
+log = logging.getLogger(__name__)
+
+_MNT_DETACH = 2
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+
+
+def _mount_options(fd: int) -> set[str]:
+    """Our fixed options plus the covered file system's suid/dev/exec/ro flags, so that
+    applications see no difference (libfuse would otherwise add nosuid,nodev)."""
+    flags = os.fstatvfs(fd).f_flag
+    opts = set(MOUNT_OPTIONS)
+    opts.add("nosuid" if flags & os.ST_NOSUID else "suid")
+    opts.add("nodev" if flags & os.ST_NODEV else "dev")
+    opts.add("noexec" if flags & os.ST_NOEXEC else "exec")
+    if flags & os.ST_RDONLY:
+        opts.add("ro")
+    return opts
+
+
+async def serve(
+    dir: Path,
+    replicator: Replicator | None,
+    filter: Filter,
+    *,
+    ackeach: bool = False,
+    task_status: trio.TaskStatus[MirrorFS] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Mounts the replicated directory over itself and serves it until cancelled.
+
+    Sets the process umask to 0 while serving: MirrorFS applies each caller's own umask.
+    Only one mount per process (a pyfuse3 limit).
+
+    Args:
+        dir: the replicated directory, absolute (it is the mount point).
+        replicator: the forwarder, or None for a plain passthrough.
+        filter: what is replicated.
+        ackeach: every mutation is a durability point.
+        task_status: `started(ops)` once mounted and serving.
+
+    Raises:
+        OSError: the directory cannot be opened or mounted over.
+    """
+    if not dir.is_absolute():
+        raise ValueError(f"the replicated directory must be an absolute path, not {dir}")
+    recover_stale_mount(dir)
+    fd = os.open(dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    old_umask = os.umask(0)
+    try:
+        ops = MirrorFS(fd, replicator, filter, ackeach=ackeach)
+        pyfuse3.init(ops, str(dir), _mount_options(fd))
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pyfuse3.main)
+                log.info("serving %s", dir)
+                task_status.started(ops)
+        finally:
+            # libfuse unmounts lazily (MNT_DETACH) when root: open files do not keep us from stopping.
+            pyfuse3.close(unmount=True)
+            log.info("unmounted %s", dir)
+    finally:
+        os.umask(old_umask)
+        os.close(fd)
+
+
+def fuse_mounts(dir: Path) -> list[str]:
+    """The file system types of the FUSE mounts at `dir`, per /proc/self/mountinfo (bottom first)."""
+    want = os.fsencode(dir.absolute())
+    out = []
+    with open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            fields = line.split()
+            sep = fields.index(b"-")
+            point = _unescape(fields[4])
+            fstype = fields[sep + 1].decode()
+            if point == want and fstype.startswith("fuse"):
+                out.append(fstype)
+    return out
+
+
+def _unescape(field: bytes) -> bytes:
+    # mountinfo escapes space, tab, newline and backslash as \\ooo
+    return field.replace(b"\\040", b" ").replace(b"\\011", b"\t").replace(b"\\012", b"\n").replace(b"\\134", b"\\")
+
+
+def recover_stale_mount(dir: Path) -> bool:
+    """Lazily unmounts the dead FUSE mount a crashed worker left on `dir`.
+
+    A live mount (a worker still answers) is left alone. Safe to call before every mount.
+
+    Returns:
+        True if a dead mount was removed.
+
+    Raises:
+        OSError: the dead mount could not be removed.
+    """
+    removed = False
+    while fuse_mounts(dir):
+        try:
+            os.stat(dir)
+        except OSError as e:
+            if e.errno != errno.ENOTCONN:
+                raise
+        else:
+            break  # alive (or the dead one is gone and a live one is below)
+        log.warning("removing the dead FUSE mount on %s left by a crashed worker", dir)
+        if _libc.umount2(os.fsencode(dir), _MNT_DETACH) != 0:
+            err = ctypes.get_errno()
+            done = subprocess.run(["fusermount3", "-uz", str(dir)], capture_output=True, check=False)
+            if done.returncode != 0:
+                raise OSError(err, f"cannot unmount the dead FUSE mount on {dir}: {os.strerror(err)}")
+        removed = True
+    return removed
+
+
+async def _run(dir: Path, replicator: Replicator | None, filter: Filter, ackeach: bool) -> None:
+    async with trio.open_nursery() as nursery:
+        await nursery.start(functools.partial(serve, dir, replicator, filter, ackeach=ackeach))
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("signal %d: unmounting", signum)
+                nursery.cancel_scope.cancel()
+                break
+
+
+async def _run_module(module: str, index: int) -> None:
+    """Serves replicated directory `index` of `module` as its primary, replicating to the peer."""
+    from mirrorcore.config import load_module
+    from mirrorcore.keys import load_key
+    from mirrorcore.paths import Paths
+    from mirrorcore.rfs.primary import LinkSettings, keep_linked, report
+
+    paths = Paths.from_env()
+    config = load_module(paths, module)
+    assert config.rfs is not None, "the daemon starts workers only for modules with <rfs>"
+    replicated = config.rfs.dirs[index]
+    local_addr, peer_addr = config.lan_addrs(config.heart.flow_lan)
+    settings = LinkSettings(
+        peer_addr=peer_addr,
+        port=replication_port(config.port, index),
+        key=load_key(paths.cluster_key),
+        mode=config.rfs.async_mode,
+        send_timeout=config.rfs.sendtimeout,
+        bind_addr=local_addr,
+    )
+    filter = Filter.from_config(replicated)
+    async with trio.open_nursery() as nursery:
+        ops = await nursery.start(
+            functools.partial(serve, Path(replicated.dir), None, filter, ackeach=config.rfs.ackeach)
+        )
+        report("ready", dir=replicated.dir)
+        nursery.start_soon(keep_linked, ops, ops.root_fd, filter, settings)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("signal %d: unmounting", signum)
+                nursery.cancel_scope.cancel()
+                break
+
+
+def replication_port(base_port: int, index: int) -> int:
+    """The TCP port of replicated directory `index`: the module's port + 1 + index."""
+    return base_port + 1 + index
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m mirrorcore.rfs.worker --dir DIR --passthrough`: serve one directory until SIGTERM."""
+    parser = argparse.ArgumentParser(prog="python -m mirrorcore.rfs.worker", description=__doc__)
+    parser.add_argument("--dir", type=Path, help="the replicated directory (mounted over itself)")
+    parser.add_argument("--module", help="serve a module's replicated directory as its primary (with --index)")
+    parser.add_argument("--index", type=int, default=0, help="which <replicated> of the module (from 0)")
+    parser.add_argument("--passthrough", action="store_true", help="replicate nothing (no forwarder)")
+    parser.add_argument("--ackeach", action="store_true", help="every operation is a durability point")
+    parser.add_argument("--notreplicated", action="append", default=[], help="relative path not replicated")
+    parser.add_argument("--notreplicated-regex", action="append", default=[], help="regex of paths not replicated")
+    parser.add_argument("--debug", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+    if args.module:
+        trio.run(_run_module, args.module, args.index)
+        return 0
+    if args.dir is None or not args.passthrough:
+        parser.error("pass --module NAME [--index I] to replicate, or --dir DIR --passthrough")
+    only = [r[1:] for r in args.notreplicated_regex if r.startswith("!")]
+    excludes = [r for r in args.notreplicated_regex if not r.startswith("!")]
+    filter = Filter([os.fsencode(p) for p in args.notreplicated], excludes, only)
+    trio.run(_run, args.dir.absolute(), None, filter, args.ackeach)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,565 @@
+//! Applying one operation under the replicated root (the secondary's side).
+//!
+//! Every call is an `*at()` relative to a directory resolved by
+//! [`crate::beneath::Root`]; the last component is never followed when it is
+//! a symlink (`O_NOFOLLOW`, `AT_SYMLINK_NOFOLLOW`). Writes reuse open fds
+//! from a small LRU, dropped when a rename, unlink or rmdir changes what the
+//! path names.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use crate::beneath::{check, cstring, openat, Parent, Root};
+use crate::wire::Op;
+
+/// How many files the applier keeps open for writing.
+const FD_CACHE: usize = 64;
+/// `fchmodat2(2)` (Linux 6.6), the same number on every architecture.
+const SYS_FCHMODAT2: libc::c_long = 452;
+
+/// Applies operations in order under one root directory.
+pub struct Applier {
+    root: Root,
+    fds: HashMap<Vec<u8>, (OwnedFd, u64)>,
+    tick: u64,
+}
+
+impl Applier {
+    /// Opens the root directory.
+    ///
+    /// # Errors
+    /// When the root cannot be opened as a directory.
+    pub fn new(root: &Path) -> io::Result<Applier> {
+        Ok(Applier {
+            root: Root::open(root)?,
+            fds: HashMap::new(),
+            tick: 0,
+        })
+    }
+
+    /// Flushes the root's file system to disk (`syncfs`).
+    ///
+    /// # Errors
+    /// The `syncfs(2)` error.
+    pub fn sync(&self) -> io::Result<()> {
+        // SAFETY: a valid fd; the result is checked.
+        check(unsafe { libc::syncfs(self.root.fd()) })
+    }
+
+    /// Applies one operation.
+    ///
+    /// # Errors
+    /// The failing system call's error (the operation may be half done, as locally).
+    pub fn apply(&mut self, op: &Op) -> io::Result<()> {
+        match op {
+            Op::Write { path, offset, data } => write_all_at(self.writable(path)?, data, *offset),
+            Op::Create {
+                path,
+                mode,
+                uid,
+                gid,
+            } => self.create(path, *mode, *uid, *gid),
+            Op::Mknod {
+                path,
+                mode,
+                rdev,
+                uid,
+                gid,
+            } => {
+                let p = self.root.parent(path)?;
+                // SAFETY: valid fd and C string; the result is checked.
+                check(unsafe { libc::mknodat(p.fd(), p.name.as_ptr(), *mode, *rdev) })?;
+                chown_at(&p, *uid, *gid)?;
+                chmod_at(&p, *mode)
+            }
+            Op::Mkdir {
+                path,
+                mode,
+                uid,
+                gid,
+            } => mkdir(&self.root.parent(path)?, *mode, *uid, *gid),
+            Op::Symlink {
+                target,
+                path,
+                uid,
+                gid,
+            } => {
+                let p = self.root.parent(path)?;
+                let target = cstring(target)?;
+                // SAFETY: valid fd and C strings; the result is checked.
+                check(unsafe { libc::symlinkat(target.as_ptr(), p.fd(), p.name.as_ptr()) })?;
+                chown_at(&p, *uid, *gid)
+            }
+            Op::Link { existing, new } => {
+                let (a, b) = (self.root.parent(existing)?, self.root.parent(new)?);
+                // SAFETY: valid fds and C strings; the result is checked.
+                check(unsafe { libc::linkat(a.fd(), a.name.as_ptr(), b.fd(), b.name.as_ptr(), 0) })
+            }
+            Op::Unlink { path } => self.remove(path, 0),
+            Op::Rmdir { path } => self.remove(path, libc::AT_REMOVEDIR),
+            Op::Rename { old, new, flags } => {
+                self.forget(old);
+                self.forget(new);
+                let (a, b) = (self.root.parent(old)?, self.root.parent(new)?);
+                // SAFETY: valid fds and C strings; the result is checked.
+                check(unsafe {
+                    libc::renameat2(a.fd(), a.name.as_ptr(), b.fd(), b.name.as_ptr(), *flags)
+                })
+            }
+            Op::Truncate { path, size } => {
+                let size = libc::off_t::try_from(*size).map_err(|_| einval())?;
+                // SAFETY: valid fd; the result is checked.
+                check(unsafe { libc::ftruncate(self.writable(path)?, size) })
+            }
+            Op::Chmod { path, mode } => chmod_at(&self.root.parent(path)?, *mode),
+            Op::Chown { path, uid, gid } => chown_at(&self.root.parent(path)?, *uid, *gid),
+            Op::Utimens {
+                path,
+                atime_ns,
+                mtime_ns,
+            } => {
+                let p = self.root.parent(path)?;
+                let times = [timespec(*atime_ns), timespec(*mtime_ns)];
+                let flags = libc::AT_SYMLINK_NOFOLLOW;
+                // SAFETY: valid fd, C string and a two-element array; the result is checked.
+                check(unsafe { libc::utimensat(p.fd(), p.name.as_ptr(), times.as_ptr(), flags) })
+            }
+            Op::Setxattr {
+                path,
+                name,
+                value,
+                flags,
+            } => self.setxattr(path, name, value, *flags),
+            Op::Removexattr { path, name } => {
+                let (proc_path, _fd) = self.by_proc(path)?;
+                let name = cstring(name)?;
+                // SAFETY: valid C strings; the result is checked.
+                check(unsafe { libc::removexattr(proc_path.as_ptr(), name.as_ptr()) })
+            }
+            Op::Fallocate {
+                path,
+                mode,
+                offset,
+                length,
+            } => fallocate(self.writable(path)?, *mode, *offset, *length),
+            Op::Barrier | Op::Mark { .. } => Ok(()),
+            Op::Reset => self.reset(),
+        }
+    }
+
+    /// Removes every entry under the root (the root itself stays): a full copy follows.
+    fn reset(&mut self) -> io::Result<()> {
+        self.fds.clear();
+        // Through /proc/self/fd the walk starts at our root fd; `remove_dir_all` never follows
+        // symlinks, so nothing outside the root can be reached.
+        let root = PathBuf::from(format!("/proc/self/fd/{}", self.root.fd()));
+        for entry in std::fs::read_dir(&root)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                std::fs::remove_dir_all(entry.path())?;
+            } else {
+                std::fs::remove_file(entry.path())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn create(&mut self, path: &[u8], mode: u32, uid: u32, gid: u32) -> io::Result<()> {
+        self.forget(path);
+        let p = self.root.parent(path)?;
+        let flags =
+            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW | libc::O_NONBLOCK;
+        let fd = openat(p.fd(), &p.name, flags | libc::O_CLOEXEC, 0o600)?;
+        set_owner_and_mode(fd.as_raw_fd(), mode, uid, gid)?;
+        self.remember(path, fd);
+        Ok(())
+    }
+
+    fn setxattr(&self, path: &[u8], name: &[u8], value: &[u8], flags: u32) -> io::Result<()> {
+        let (proc_path, _fd) = self.by_proc(path)?;
+        let name = cstring(name)?;
+        let flags = libc::c_int::try_from(flags).map_err(|_| einval())?;
+        let (buf, len) = (value.as_ptr().cast(), value.len());
+        // SAFETY: valid C strings and buffer; the result is checked.
+        check(unsafe { libc::setxattr(proc_path.as_ptr(), name.as_ptr(), buf, len, flags) })
+    }
+
+    /// An fd open for writing on `path`, from the LRU or freshly opened.
+    fn writable(&mut self, path: &[u8]) -> io::Result<RawFd> {
+        self.tick += 1;
+        if let Some((fd, used)) = self.fds.get_mut(path) {
+            *used = self.tick;
+            return Ok(fd.as_raw_fd());
+        }
+        let fd = self.root.open_at(
+            path,
+            libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK,
+            0,
+        )?;
+        Ok(self.remember(path, fd))
+    }
+
+    fn remember(&mut self, path: &[u8], fd: OwnedFd) -> RawFd {
+        if self.fds.len() >= FD_CACHE {
+            if let Some(oldest) = self
+                .fds
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| k.clone())
+            {
+                self.fds.remove(&oldest);
+            }
+        }
+        self.tick += 1;
+        let raw = fd.as_raw_fd();
+        self.fds.insert(path.to_vec(), (fd, self.tick));
+        raw
+    }
+
+    /// Drops cached fds for `path` and everything below it.
+    fn forget(&mut self, path: &[u8]) {
+        self.fds.retain(|k, _| {
+            !(k.starts_with(path) && (k.len() == path.len() || k[path.len()] == b'/'))
+        });
+    }
+
+    fn remove(&mut self, path: &[u8], flags: libc::c_int) -> io::Result<()> {
+        self.forget(path);
+        let p = self.root.parent(path)?;
+        // SAFETY: valid fd and C string; the result is checked.
+        check(unsafe { libc::unlinkat(p.fd(), p.name.as_ptr(), flags) })
+    }
+
+    /// A `/proc/self/fd/N` path for an `O_PATH` fd on `path` (the symlink
+    /// itself when it is one): the xattr calls have no `*at()` variant before
+    /// Linux 6.13. The fd must outlive the use of the path.
+    fn by_proc(&self, path: &[u8]) -> io::Result<(CString, OwnedFd)> {
+        let fd = self
+            .root
+            .open_at(path, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        let proc_path = cstring(format!("/proc/self/fd/{}", fd.as_raw_fd()).as_bytes())?;
+        Ok((proc_path, fd))
+    }
+}
+
+fn mkdir(p: &Parent, mode: u32, uid: u32, gid: u32) -> io::Result<()> {
+    // SAFETY: valid fd and C string; the result is checked.
+    match check(unsafe { libc::mkdirat(p.fd(), p.name.as_ptr(), 0o700) }) {
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+        other => other?,
+    }
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    let fd = openat(p.fd(), &p.name, flags, 0)?;
+    set_owner_and_mode(fd.as_raw_fd(), mode, uid, gid)
+}
+
+fn fallocate(fd: RawFd, mode: u32, offset: u64, length: u64) -> io::Result<()> {
+    let mode = libc::c_int::try_from(mode).map_err(|_| einval())?;
+    let offset = libc::off_t::try_from(offset).map_err(|_| einval())?;
+    let length = libc::off_t::try_from(length).map_err(|_| einval())?;
+    // SAFETY: valid fd; the result is checked.
+    check(unsafe { libc::fallocate(fd, mode, offset, length) })
+}
+
+fn set_owner_and_mode(fd: RawFd, mode: u32, uid: u32, gid: u32) -> io::Result<()> {
+    // SAFETY: a zeroed stat is a valid out-buffer; the result is checked.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    check(unsafe { libc::fstat(fd, &raw mut st) })?;
+    // Only chown when it changes something, so an unprivileged receiver works
+    // for its own files; chown before chmod, which chown's setuid-clearing would undo.
+    let uid = if uid == u32::MAX || uid == st.st_uid {
+        u32::MAX
+    } else {
+        uid
+    };
+    let gid = if gid == u32::MAX || gid == st.st_gid {
+        u32::MAX
+    } else {
+        gid
+    };
+    if uid != u32::MAX || gid != u32::MAX {
+        // SAFETY: valid fd; the result is checked.
+        check(unsafe { libc::fchown(fd, uid, gid) })?;
+    }
+    // SAFETY: valid fd; the result is checked.
+    check(unsafe { libc::fchmod(fd, mode & 0o7777) })
+}
+
+fn chown_at(p: &Parent, uid: u32, gid: u32) -> io::Result<()> {
+    if uid == u32::MAX && gid == u32::MAX {
+        return Ok(());
+    }
+    // SAFETY: valid fd and C string; the result is checked.
+    let r = unsafe { libc::fchownat(p.fd(), p.name.as_ptr(), uid, gid, libc::AT_SYMLINK_NOFOLLOW) };
+    match check(r) {
+        // An unprivileged receiver cannot give files away; if they are already ours, fine.
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) && owned_by(p, uid, gid) => Ok(()),
+        other => other,
+    }
+}
+
+fn owned_by(p: &Parent, uid: u32, gid: u32) -> bool {
+    // SAFETY: a zeroed stat is a valid out-buffer; the result is checked.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    let r = unsafe {
+        libc::fstatat(
+            p.fd(),
+            p.name.as_ptr(),
+            &raw mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    r == 0 && (uid == u32::MAX || uid == st.st_uid) && (gid == u32::MAX || gid == st.st_gid)
+}
+
+/// chmod of the last component without following it.
+fn chmod_at(p: &Parent, mode: u32) -> io::Result<()> {
+    let mode = mode & 0o7777;
+    // SAFETY: valid fd and C string; the result is checked.
+    let r = unsafe {
+        libc::syscall(
+            SYS_FCHMODAT2,
+            p.fd(),
+            p.name.as_ptr(),
+            mode,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::ENOSYS) {
+        return Err(err);
+    }
+    // Older kernels: refuse symlinks explicitly, then chmod (which would follow one).
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    check(unsafe {
+        libc::fstatat(
+            p.fd(),
+            p.name.as_ptr(),
+            &raw mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+        return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+    }
+    // SAFETY: as above.
+    check(unsafe { libc::fchmodat(p.fd(), p.name.as_ptr(), mode, 0) })
+}
+
+/// `pwrite(2)` of all of `data` at `offset` (the primary's local write too).
+///
+/// # Errors
+/// The system call's error; a write that makes no progress is reported as `EIO`.
+pub fn write_all_at(fd: RawFd, mut data: &[u8], mut offset: u64) -> io::Result<()> {
+    while !data.is_empty() {
+        let off = libc::off_t::try_from(offset).map_err(|_| einval())?;
+        // SAFETY: valid fd and buffer; the result is checked.
+        let n = unsafe { libc::pwrite(fd, data.as_ptr().cast(), data.len(), off) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        if n == 0 {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        let n = n.unsigned_abs();
+        data = &data[n..];
+        offset += n as u64;
+    }
+    Ok(())
+}
+
+fn timespec(ns: i64) -> libc::timespec {
+    libc::timespec {
+        tv_sec: ns.div_euclid(1_000_000_000),
+        tv_nsec: ns.rem_euclid(1_000_000_000),
+    }
+}
+
+fn einval() -> io::Error {
+    io::Error::from_raw_os_error(libc::EINVAL)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    fn setup(name: &str) -> (std::path::PathBuf, Applier) {
+        let dir =
+            std::env::temp_dir().join(format!("mirrorcore-apply-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("root")).unwrap();
+        let applier = Applier::new(&dir.join("root")).unwrap();
+        (dir, applier)
+    }
+
+    fn p(s: &str) -> Vec<u8> {
+        s.as_bytes().to_vec()
+    }
+
+    #[test]
+    fn namespace_and_data_operations_take_effect() {
+        let (dir, mut a) = setup("ops");
+        let (uid, gid) = (unsafe { libc::geteuid() }, unsafe { libc::getegid() });
+        let ops = [
+            Op::Mkdir {
+                path: p("d"),
+                mode: 0o750,
+                uid,
+                gid,
+            },
+            Op::Create {
+                path: p("d/f"),
+                mode: 0o640,
+                uid,
+                gid,
+            },
+            Op::Write {
+                path: p("d/f"),
+                offset: 3,
+                data: p("abc"),
+            },
+            Op::Symlink {
+                target: p("f"),
+                path: p("d/s"),
+                uid,
+                gid,
+            },
+            Op::Link {
+                existing: p("d/f"),
+                new: p("g"),
+            },
+            Op::Rename {
+                old: p("g"),
+                new: p("h"),
+                flags: 0,
+            },
+            Op::Truncate {
+                path: p("h"),
+                size: 5,
+            },
+            Op::Utimens {
+                path: p("h"),
+                atime_ns: 1,
+                mtime_ns: 1_600_000_000_123_456_789,
+            },
+            Op::Chmod {
+                path: p("h"),
+                mode: 0o600,
+            },
+        ];
+        for op in &ops {
+            a.apply(op).unwrap_or_else(|e| panic!("{op:?}: {e}"));
+        }
+        let root = dir.join("root");
+        assert_eq!(std::fs::read(root.join("d/f")).unwrap(), b"\0\0\0ab");
+        let meta = std::fs::metadata(root.join("h")).unwrap();
+        assert_eq!(meta.nlink(), 2);
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
+        assert_eq!(meta.mtime_nsec(), 123_456_789);
+        assert_eq!(
+            std::fs::read_link(root.join("d/s")).unwrap().as_os_str(),
+            "f"
+        );
+        assert_eq!(
+            std::fs::metadata(root.join("d"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777,
+            0o750
+        );
+        a.apply(&Op::Unlink { path: p("h") }).unwrap();
+        a.apply(&Op::Unlink { path: p("d/f") }).unwrap();
+        a.apply(&Op::Unlink { path: p("d/s") }).unwrap();
+        a.apply(&Op::Rmdir { path: p("d") }).unwrap();
+        a.sync().unwrap();
+        assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn writes_after_a_rename_go_to_the_new_file() {
+        let (dir, mut a) = setup("lru");
+        let (uid, gid) = (u32::MAX, u32::MAX);
+        a.apply(&Op::Create {
+            path: p("a"),
+            mode: 0o644,
+            uid,
+            gid,
+        })
+        .unwrap();
+        a.apply(&Op::Create {
+            path: p("b"),
+            mode: 0o644,
+            uid,
+            gid,
+        })
+        .unwrap();
+        a.apply(&Op::Write {
+            path: p("a"),
+            offset: 0,
+            data: p("A"),
+        })
+        .unwrap();
+        a.apply(&Op::Rename {
+            old: p("b"),
+            new: p("a"),
+            flags: 0,
+        })
+        .unwrap();
+        a.apply(&Op::Write {
+            path: p("a"),
+            offset: 0,
+            data: p("B"),
+        })
+        .unwrap();
+        assert_eq!(std::fs::read(dir.join("root/a")).unwrap(), b"B");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn final_symlinks_are_never_followed() {
+        let (dir, mut a) = setup("nofollow");
+        std::fs::write(dir.join("outside"), b"keep").unwrap();
+        std::os::unix::fs::symlink(dir.join("outside"), dir.join("root/l")).unwrap();
+        assert!(a
+            .apply(&Op::Write {
+                path: p("l"),
+                offset: 0,
+                data: p("x")
+            })
+            .is_err());
+        assert!(a
+            .apply(&Op::Truncate {
+                path: p("l"),
+                size: 0
+            })
+            .is_err());
+        let _ = a.apply(&Op::Chmod {
+            path: p("l"),
+            mode: 0o777,
+        });
+        assert_eq!(std::fs::read(dir.join("outside")).unwrap(), b"keep");
+        assert_ne!(
+            std::fs::metadata(dir.join("outside"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o777
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

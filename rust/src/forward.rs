@@ -1,0 +1,525 @@
+//! The primary's forwarder: numbers operations, queues their frames, sends
+//! them in order on one connection and tracks the secondary's acks.
+//!
+//! Callers hold the `order` lock from the local operation (for writes, the
+//! `pwrite` itself) to the queueing of its frame, so sequence order is the
+//! order of local application. The queue is bounded by bytes (queued plus in
+//! flight): a full queue blocks the caller, which has released the GIL. A
+//! sender thread MACs and writes frames; an ack reader thread raises
+//! `acked_seq`/`flushed_seq` and wakes barriers. When the link fails, every
+//! later operation still works locally and is handed to `on_unsent`.
+
+use std::collections::VecDeque;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::apply::write_all_at;
+use crate::auth::{self, ClusterKey, Mode, SessionKeys};
+use crate::error::{MirrorError, Result};
+use crate::wire::{self, Ack, AckKind, Op, ACK_LEN, WRITE_CHUNK};
+
+/// How to reach and authenticate to the secondary.
+pub struct Config {
+    /// Host name or address of the secondary.
+    pub peer: String,
+    /// Its replication port.
+    pub port: u16,
+    /// The cluster key.
+    pub key: Vec<u8>,
+    /// What a barrier waits for.
+    pub mode: Mode,
+    /// Bound on queued plus in-flight frame bytes.
+    pub queue_bytes: usize,
+    /// Longest a send, or a barrier without ack progress, may stall before the link is declared down.
+    pub send_timeout: Duration,
+    /// Bound on connecting plus the handshake.
+    pub connect_timeout: Duration,
+    /// Local address to connect from (the replication LAN).
+    pub bind_addr: Option<String>,
+}
+
+/// An operation that was performed locally but not sent.
+pub enum Unsent<'a> {
+    /// A write of `len` bytes at `offset`.
+    Write {
+        path: &'a [u8],
+        offset: u64,
+        len: u64,
+    },
+    /// A namespace or metadata operation.
+    Op(&'a Op),
+    /// A queued frame dropped when the link failed (decode with [`wire`]).
+    Frame(&'a [u8]),
+}
+
+/// The primary's end of one replication connection.
+pub struct Forwarder {
+    shared: Arc<Shared>,
+    order: Mutex<()>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+struct Shared {
+    mode: Mode,
+    keys: SessionKeys,
+    stream: TcpStream,
+    send_timeout: Duration,
+    capacity: usize,
+    queue: Mutex<Queue>,
+    has_work: Condvar,
+    has_space: Condvar,
+    link: Mutex<Link>,
+    link_changed: Condvar,
+    connected: AtomicBool,
+    frames_sent: AtomicU64,
+    bytes_sent: AtomicU64,
+    unsent: AtomicU64,
+}
+
+struct Queue {
+    frames: VecDeque<Vec<u8>>,
+    bytes: usize,
+    last_seq: u64,
+    closing: bool,
+}
+
+struct Link {
+    acked: u64,
+    flushed: u64,
+    error: Option<String>,
+}
+
+impl Forwarder {
+    /// Connects, authenticates and starts the sender and ack reader threads.
+    ///
+    /// # Errors
+    /// Connection errors as `Io` (refused, timed out), [`MirrorError::Auth`]
+    /// when the peer does not know the key.
+    pub fn connect(cfg: &Config) -> Result<Forwarder> {
+        let key = ClusterKey::new(&cfg.key)?;
+        let mut stream = dial(cfg)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(cfg.connect_timeout))?;
+        stream.set_write_timeout(Some(cfg.connect_timeout))?;
+        let keys = auth::primary(&mut stream, &key, cfg.mode)?;
+        stream.set_read_timeout(None)?;
+        stream.set_write_timeout(Some(cfg.send_timeout))?;
+        let shared = Arc::new(Shared {
+            mode: cfg.mode,
+            keys,
+            stream: stream.try_clone()?,
+            send_timeout: cfg.send_timeout,
+            capacity: cfg.queue_bytes.max(1),
+            queue: Mutex::new(Queue {
+                frames: VecDeque::new(),
+                bytes: 0,
+                last_seq: 0,
+                closing: false,
+            }),
+            has_work: Condvar::new(),
+            has_space: Condvar::new(),
+            link: Mutex::new(Link {
+                acked: 0,
+                flushed: 0,
+                error: None,
+            }),
+            link_changed: Condvar::new(),
+            connected: AtomicBool::new(true),
+            frames_sent: AtomicU64::new(0),
+            bytes_sent: AtomicU64::new(0),
+            unsent: AtomicU64::new(0),
+        });
+        let (s1, s2, reader) = (shared.clone(), shared.clone(), stream.try_clone()?);
+        let sender = std::thread::Builder::new()
+            .name("mirror-send".into())
+            .spawn(move || s1.send_loop(stream))?;
+        let acks = std::thread::Builder::new()
+            .name("mirror-acks".into())
+            .spawn(move || s2.ack_loop(reader))?;
+        Ok(Forwarder {
+            shared,
+            order: Mutex::new(()),
+            threads: Mutex::new(vec![sender, acks]),
+        })
+    }
+
+    /// `pwrite`s `data` at `offset` on `fd`, then queues it for `path`
+    /// (nothing is sent for `None`: an unlinked file). Returns the bytes written.
+    ///
+    /// # Errors
+    /// The local `pwrite` error; [`MirrorError::InvalidPath`] before writing anything.
+    pub fn write(&self, fd: RawFd, path: Option<&[u8]>, offset: u64, data: &[u8]) -> Result<usize> {
+        if let Some(path) = path {
+            wire::validate_path(path)?;
+        }
+        let _order = lock(&self.order);
+        write_all_at(fd, data, offset)?;
+        let Some(path) = path else {
+            return Ok(data.len());
+        };
+        let mut off = offset;
+        for chunk in data.chunks(WRITE_CHUNK) {
+            let len = wire::HEADER_LEN + 12 + path.len() + chunk.len() + wire::MAC_LEN;
+            self.submit(
+                len,
+                |seq| wire::write_frame(seq, path, off, chunk),
+                || Unsent::Write {
+                    path,
+                    offset: off,
+                    len: chunk.len() as u64,
+                },
+            );
+            off += chunk.len() as u64;
+        }
+        Ok(data.len())
+    }
+
+    /// Queues a namespace or metadata operation already performed locally; returns its seq.
+    ///
+    /// # Errors
+    /// [`MirrorError::InvalidPath`] for a path that is not relative to the root.
+    pub fn forward(&self, op: &Op) -> Result<u64> {
+        for path in op.paths() {
+            wire::validate_path(path)?;
+        }
+        let _order = lock(&self.order);
+        let frame = op.frame(0);
+        let len = frame.len() + wire::MAC_LEN;
+        Ok(self.submit(len, |seq| restamp(frame, seq), || Unsent::Op(op)))
+    }
+
+    /// Waits until every operation queued before the call is acknowledged as
+    /// the mode requires. `None` waits as long as acks keep progressing.
+    ///
+    /// # Errors
+    /// [`MirrorError::Disconnected`] when the link is (or goes) down;
+    /// [`MirrorError::Timeout`] after `timeout`, or after `send_timeout`
+    /// without ack progress (which also declares the link down).
+    pub fn barrier(&self, timeout: Option<Duration>) -> Result<()> {
+        let s = &self.shared;
+        let target = {
+            let _order = lock(&self.order);
+            let last = lock(&s.queue).last_seq;
+            if s.covered(&lock(&s.link)) >= last {
+                return Ok(());
+            }
+            self.ensure_connected()?;
+            let frame = Op::Barrier.frame(0);
+            let len = frame.len() + wire::MAC_LEN;
+            self.submit(len, |seq| restamp(frame, seq), || Unsent::Op(&Op::Barrier))
+        };
+        let start = Instant::now();
+        let deadline = timeout.map(|t| start + t);
+        let mut link = lock(&s.link);
+        let (mut seen, mut since) = (s.covered(&link), start);
+        loop {
+            let now_covered = s.covered(&link);
+            if now_covered >= target {
+                return Ok(());
+            }
+            if !s.connected.load(Ordering::SeqCst) {
+                return Err(MirrorError::Disconnected(
+                    link.error.clone().unwrap_or_default(),
+                ));
+            }
+            let now = Instant::now();
+            if now_covered > seen {
+                (seen, since) = (now_covered, now);
+            }
+            let stall_end = since + s.send_timeout;
+            if now >= stall_end {
+                drop(link);
+                let why = format!(
+                    "no ack progress for {:?} waiting for seq {target}",
+                    s.send_timeout
+                );
+                s.fail(&why);
+                return Err(MirrorError::Timeout(why));
+            }
+            if deadline.is_some_and(|d| now >= d) {
+                return Err(MirrorError::Timeout(format!(
+                    "barrier for seq {target}: acked up to {now_covered}"
+                )));
+            }
+            let until = deadline.map_or(stall_end, |d| d.min(stall_end));
+            link = s
+                .link_changed
+                .wait_timeout(link, until - now)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Whether the link is up.
+    pub fn connected(&self) -> bool {
+        self.shared.connected.load(Ordering::SeqCst)
+    }
+
+    /// Last seq the secondary has received.
+    pub fn acked_seq(&self) -> u64 {
+        lock(&self.shared.link).acked
+    }
+
+    /// Last seq the secondary has on its disk.
+    pub fn flushed_seq(&self) -> u64 {
+        lock(&self.shared.link).flushed
+    }
+
+    /// Last seq handed out.
+    pub fn last_seq(&self) -> u64 {
+        lock(&self.shared.queue).last_seq
+    }
+
+    /// Counters for `Forwarder.stats()`.
+    pub fn stats(&self) -> Vec<(&'static str, u64)> {
+        let s = &self.shared;
+        let (queue_bytes, queue_frames, last_seq) = {
+            let q = lock(&s.queue);
+            (q.bytes as u64, q.frames.len() as u64, q.last_seq)
+        };
+        let (acked, flushed) = {
+            let l = lock(&s.link);
+            (l.acked, l.flushed)
+        };
+        vec![
+            ("frames_sent", s.frames_sent.load(Ordering::Relaxed)),
+            ("bytes_sent", s.bytes_sent.load(Ordering::Relaxed)),
+            ("queue_bytes", queue_bytes),
+            ("queue_frames", queue_frames),
+            ("queue_capacity", s.capacity as u64),
+            ("last_seq", last_seq),
+            ("acked_seq", acked),
+            ("flushed_seq", flushed),
+            ("unsent", s.unsent.load(Ordering::Relaxed)),
+            ("connected", u64::from(s.connected.load(Ordering::SeqCst))),
+        ]
+    }
+
+    /// Sends what is queued (bounded by `send_timeout`), closes the
+    /// connection and joins the threads. Idempotent.
+    pub fn close(&self) {
+        let s = &self.shared;
+        {
+            let mut q = lock(&s.queue);
+            q.closing = true;
+            s.has_work.notify_all();
+        }
+        let mut threads = lock(&self.threads);
+        let mut handles = threads.drain(..);
+        if let Some(sender) = handles.next() {
+            let _ = sender.join();
+        }
+        s.fail("closed");
+        for t in handles {
+            let _ = t.join();
+        }
+    }
+
+    fn ensure_connected(&self) -> Result<()> {
+        if self.shared.connected.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        Err(MirrorError::Disconnected(
+            lock(&self.shared.link).error.clone().unwrap_or_default(),
+        ))
+    }
+
+    /// Assigns the next seq and queues the frame `build` makes for it; the
+    /// caller holds `order`. Waits for room first; while the link is down,
+    /// only numbers the operation and hands it to `on_unsent`.
+    fn submit<'a>(
+        &self,
+        len: usize,
+        build: impl FnOnce(u64) -> Vec<u8>,
+        unsent: impl FnOnce() -> Unsent<'a>,
+    ) -> u64 {
+        let s = &self.shared;
+        let mut q = lock(&s.queue);
+        while s.connected.load(Ordering::SeqCst) && q.bytes > 0 && q.bytes + len > s.capacity {
+            q = s
+                .has_space
+                .wait(q)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        q.last_seq += 1;
+        let seq = q.last_seq;
+        if !s.connected.load(Ordering::SeqCst) || q.closing {
+            drop(q);
+            s.on_unsent(seq, &unsent());
+            return seq;
+        }
+        // Build outside the lock: `order` keeps seqs ours, the sender keeps draining.
+        drop(q);
+        let frame = build(seq);
+        let mut q = lock(&s.queue);
+        if !s.connected.load(Ordering::SeqCst) {
+            drop(q);
+            s.on_unsent(seq, &Unsent::Frame(&frame));
+            return seq;
+        }
+        q.bytes += len;
+        q.frames.push_back(frame);
+        s.has_work.notify_one();
+        seq
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl Shared {
+    /// Hook for operations performed locally but not replicated.
+    ///
+    /// TODO(dirty bitmaps): mark the written zone dirty / log the namespace
+    /// operation in `dirty.rs` so a resync can send it later. Today it counts.
+    fn on_unsent(&self, seq: u64, what: &Unsent<'_>) {
+        let _ = (seq, what);
+        self.unsent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// What the mode's ack has covered so far.
+    fn covered(&self, link: &Link) -> u64 {
+        match self.mode {
+            Mode::None => link.flushed,
+            Mode::Second => link.acked,
+        }
+    }
+
+    fn send_loop(&self, stream: TcpStream) {
+        let mut out = BufWriter::with_capacity(256 << 10, stream);
+        loop {
+            let batch: Vec<Vec<u8>> = {
+                let mut q = lock(&self.queue);
+                while q.frames.is_empty() {
+                    if q.closing || !self.connected.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    q = self
+                        .has_work
+                        .wait(q)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                }
+                q.frames.drain(..).collect()
+            };
+            let (mut bytes, frames) = (0, batch.len() as u64);
+            let sent = || -> std::io::Result<()> {
+                for mut frame in batch {
+                    wire::seal(&mut frame, &self.keys.frame);
+                    out.write_all(&frame)?;
+                    bytes += frame.len();
+                }
+                out.flush()
+            };
+            if let Err(e) = sent() {
+                let why = if e.kind() == std::io::ErrorKind::WouldBlock {
+                    format!("send stalled for {:?}", self.send_timeout)
+                } else {
+                    format!("send failed: {e}")
+                };
+                self.fail(&why);
+                return;
+            }
+            self.frames_sent.fetch_add(frames, Ordering::Relaxed);
+            self.bytes_sent.fetch_add(bytes as u64, Ordering::Relaxed);
+            let mut q = lock(&self.queue);
+            q.bytes = q.bytes.saturating_sub(bytes);
+            self.has_space.notify_all();
+        }
+    }
+
+    fn ack_loop(&self, stream: TcpStream) {
+        let mut r = BufReader::with_capacity(4096, stream);
+        let mut raw = [0u8; ACK_LEN];
+        loop {
+            let why = match r.read_exact(&mut raw) {
+                Ok(()) => match Ack::decode(&raw, &self.keys.ack) {
+                    Ok(ack) => {
+                        let mut link = lock(&self.link);
+                        match ack.kind {
+                            AckKind::Hello => {}
+                            AckKind::Received => link.acked = link.acked.max(ack.seq),
+                            AckKind::Flushed => {
+                                link.flushed = link.flushed.max(ack.seq);
+                                link.acked = link.acked.max(ack.seq);
+                            }
+                        }
+                        self.link_changed.notify_all();
+                        continue;
+                    }
+                    Err(e) => format!("bad ack: {e}"),
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    "the secondary closed the connection".into()
+                }
+                Err(e) => format!("ack stream: {e}"),
+            };
+            self.fail(&why);
+            return;
+        }
+    }
+
+    /// Declares the link down (first reason wins) and wakes every waiter.
+    fn fail(&self, why: &str) {
+        if self.connected.swap(false, Ordering::SeqCst) {
+            lock(&self.link).error = Some(why.to_owned());
+            let _ = self.stream.shutdown(Shutdown::Both);
+        }
+        let dropped: Vec<Vec<u8>> = {
+            let mut q = lock(&self.queue);
+            q.bytes = 0;
+            q.frames.drain(..).collect()
+        };
+        for frame in &dropped {
+            let seq = wire::le_u64(&frame[4..12]);
+            self.on_unsent(seq, &Unsent::Frame(frame));
+        }
+        self.has_space.notify_all();
+        self.has_work.notify_all();
+        let _link = lock(&self.link);
+        self.link_changed.notify_all();
+    }
+}
+
+/// Rewrites the seq of a frame encoded with seq 0.
+fn restamp(mut frame: Vec<u8>, seq: u64) -> Vec<u8> {
+    frame[4..12].copy_from_slice(&seq.to_le_bytes());
+    frame
+}
+
+fn dial(cfg: &Config) -> Result<TcpStream> {
+    let addrs: Vec<SocketAddr> = (cfg.peer.as_str(), cfg.port).to_socket_addrs()?.collect();
+    let mut last = None;
+    for addr in addrs {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )?;
+        if let Some(bind) = &cfg.bind_addr {
+            let ip: IpAddr = bind.parse().map_err(|_| {
+                MirrorError::InvalidArgument(format!("bind_addr {bind:?} is not an IP address"))
+            })?;
+            socket.bind(&SocketAddr::new(ip, 0).into())?;
+        }
+        match socket.connect_timeout(&addr.into(), cfg.connect_timeout) {
+            Ok(()) => return Ok(socket.into()),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.map_or_else(
+        || MirrorError::InvalidArgument(format!("no address for {:?}", cfg.peer)),
+        Into::into,
+    ))
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
