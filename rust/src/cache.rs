@@ -106,6 +106,8 @@ impl Cache {
         s.stats.received = 0;
         s.stats.applied = 0;
         s.stats.flushed = 0;
+        // Marks are per session: a new primary's copy is complete only once it says so.
+        s.stats.mark = 0;
     }
 
     /// Queues a verified operation; blocks while the cache is full.
