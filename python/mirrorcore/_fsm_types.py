@@ -87,6 +87,7 @@ class PeerView:
     generation: int
     role: Role
     primary_since: float | None
+    mirroring: bool = False  # a primary streaming every replicated directory to us
 
     @property
     def primary(self) -> bool:

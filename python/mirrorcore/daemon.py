@@ -22,7 +22,7 @@ from mirrorcore import api, control, fsm, heart
 from mirrorcore.config import ModuleConfig
 from mirrorcore.modlog import ModuleLog
 from mirrorcore.paths import Paths
-from mirrorcore.rfs.mirror import Mirror
+from mirrorcore.rfs.mirror import Mirror, missing_tocheck
 from mirrorcore.scripts import ScriptRunner
 from mirrorcore.state import Durable, DurableStore
 from mirrorcore.vip import VipManager
@@ -87,7 +87,7 @@ class Daemon:
             timeout=config.heart.timeout,
             local=self._beat_fields,
         )
-        self.mirror = Mirror(paths, config, key, self.log) if config.rfs is not None else None
+        self.mirror = Mirror(paths, config, key, self.log, self._mirror_changed) if config.rfs is not None else None
         self._events_send, self._events_recv = trio.open_memory_channel[_Item](256)
         self._nursery: trio.Nursery | None = None
 
@@ -127,6 +127,15 @@ class Daemon:
             return self._set_failover(bool(request.args.get("on")), request.initiator)
         if request.cmd not in FSM_COMMANDS:
             return control.Reply(ok=False, message=f"unknown command {request.cmd!r}")
+        if request.cmd in ("start", "prim", "primforce") and self.config.rfs is not None:
+            missing = await trio.to_thread.run_sync(missing_tocheck, self.config.rfs)
+            if missing:
+                why = (
+                    f"{request.cmd} refused: {', '.join(missing)} missing (a <tocheck> path): the replicated data "
+                    f"is not all there (is its disk mounted?); fix it, then run `mirrorctl {request.cmd}` again"
+                )
+                self.log.write(why, level="E", initiator=request.initiator)
+                return control.Reply(ok=False, message=why, status=self.status())
         fullsync = bool(request.args.get("fullsync", False))
         words = f"{request.cmd}{' fullsync' if fullsync else ''}"
         self.log.write(f"Action {words} called", initiator=request.initiator)
@@ -293,7 +302,12 @@ class Daemon:
             "role": node.role.value,
             "reason": node.reason,
             "port": self.config.port,
+            "mirroring": self.mirror is not None and self.mirror.mirroring,
         }
+
+    def _mirror_changed(self) -> None:
+        """Replication started or stopped streaming: tell the peer now, not at the next pulse."""
+        self.heart.kick()
 
     def _script_env(self) -> dict[str, str]:
         env = dict(self.config.user.vars)
@@ -311,6 +325,7 @@ def _peer_view(beat: heart.Beat) -> fsm.PeerView:
         generation=beat.generation,
         role=fsm.Role(beat.role),
         primary_since=beat.primary_since,
+        mirroring=beat.mirroring,
     )
 
 

@@ -107,15 +107,17 @@ def main(argv: list[str] | None = None) -> int:
     put = sub.add_parser("put")
     put.add_argument("url")
     put.add_argument("value")
+    for client in (get, put):
+        client.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer")
     args = parser.parse_args(argv)
     if args.cmd == "serve":
         serve(args.port, args.data)
         return 0
     try:
         if args.cmd == "get":
-            code, node, body = request("GET", args.url)
+            code, node, body = request("GET", args.url, timeout=args.timeout)
         else:
-            code, node, body = request("PUT", args.url, args.value.encode())
+            code, node, body = request("PUT", args.url, args.value.encode(), timeout=args.timeout)
     except OSError as exc:
         print(f"unreachable: {exc}", file=sys.stderr)
         return 2

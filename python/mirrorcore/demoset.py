@@ -49,8 +49,8 @@ USERCONFIG_XML = """<safe>
         </interface>
       </interface_list>
     </vip>
-    <rfs async="{async_mode}">
-      <replicated dir="/srv/demo"/>
+    <rfs async="{async_mode}" sendtimeout="{sendtimeout}">
+      <replicated dir="/srv/demo" mode="read_only"/>
     </rfs>
     <user nicestoptimeout="5s" forcestoptimeout="5s">
       <var name="APP_PORT" value="%APP_PORT%"/>
@@ -103,6 +103,7 @@ class DemoSettings:
     maxloop: int = 3
     loop_interval: str = "24h"
     async_mode: str = "second"
+    sendtimeout: str = "5s"
 
 
 class DemoCluster:
@@ -126,6 +127,7 @@ class DemoCluster:
             maxloop=settings.maxloop,
             loop_interval=settings.loop_interval,
             async_mode=settings.async_mode,
+            sendtimeout=settings.sendtimeout,
         )
         for node in NODES:
             etc = self.lab.host_path(node, "/etc/mirrorcore")
@@ -166,12 +168,13 @@ class DemoCluster:
             f"{seen.get('state')} {seen.get('color')}: {seen.get('reason')}\n{logs}"
         )
 
-    def client(self, method: str, path: str, value: str | None = None) -> tuple[int, str, str]:
+    def client(self, method: str, path: str, value: str | None = None, *, timeout: float = 3.0) -> tuple[int, str, str]:
         """A request from the client namespace to the app on the VIP: (status, served by, body)."""
         argv = [sys.executable, "-m", "mirrorcore.demoapp", method, f"http://{VIP}:{APP_PORT}{path}"]
         if value is not None:
             argv.append(value)
-        result = self.lab.exec("client", argv, check=False, timeout=15)
+        argv += ["--timeout", str(timeout)]
+        result = self.lab.exec("client", argv, check=False, timeout=timeout + 15)
         if result.returncode == 2:
             return 0, "", result.stderr.strip()
         code, served_by, body = [*result.stdout.strip().split(" ", 2), "", ""][:3]

@@ -104,6 +104,8 @@ def step(settings: Settings, node: Node, event: Event) -> Step:
         case Command():
             return _command(settings, node, event)
         case PeerSeen(peer=peer):
+            if _primary_stopped_mirroring(node, peer):
+                return _mirror_broken(settings, node.but(peer=peer, peer_lost=False))
             return _on_peer(settings, node.but(peer=peer, peer_lost=False), event.now)
         case PeerLost():
             return _on_peer(settings, node.but(peer=None, peer_lost=True), event.now)
@@ -134,6 +136,31 @@ def _on_peer(s: Settings, n: Node, now: float) -> Step:
     if n.state is State.SECOND:
         return settle_second(s, n)
     return out(n)
+
+
+def _primary_stopped_mirroring(node: Node, peer: PeerView) -> bool:
+    """A ready secondary whose primary, still running, no longer streams to it (the link broke)."""
+    before = node.peer
+    return (
+        node.state is State.SECOND
+        and not node.resyncing
+        and node.phase is not Phase.SCRIPT
+        and before is not None
+        and before.mirroring
+        and peer.primary
+        and not peer.mirroring
+    )
+
+
+def _mirror_broken(s: Settings, node: Node) -> Step:
+    # The primary goes on without us: our copy falls behind, so we must not take over until a
+    # new copy arrives; the primary keeps trying to reconnect and streams it.
+    why = (
+        f"replication from {s.peer} was interrupted and {s.peer} runs on without this node: "
+        f"not uptodate until its new copy arrives"
+    )
+    n = node.but(color=Color.ORANGE, uptodate=False, resyncing=True, reason=why)
+    return Step(n, (StartResync(True),), why)
 
 
 def _refuse(node: Node, why: str) -> Step:

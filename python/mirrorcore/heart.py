@@ -61,6 +61,7 @@ class Beat:
     counter: int
     sent_at: float
     link: str = ""
+    mirroring: bool = False  # a primary whose every replicated directory streams to the peer
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ class BeatState:
     primary_since: float | None = None
     role: str = "none"
     reason: str = ""
+    mirroring: bool = False
 
 
 class BadBeat(Exception):
@@ -123,7 +125,7 @@ def _field(data: dict[str, object], name: str) -> object:
         ok = isinstance(value, str)
     elif name in _INT:
         ok = isinstance(value, int) and not isinstance(value, bool)
-    elif name == "uptodate":
+    elif name in ("uptodate", "mirroring"):
         ok = isinstance(value, bool)
     elif name == "sent_at" or (name in _OPT_FLOAT and value is not None):
         ok = isinstance(value, int | float) and not isinstance(value, bool)

@@ -6,6 +6,8 @@ synchronous (`async="none"`) and semi-synchronous (`async="second"`) mode.
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -78,3 +80,37 @@ def test_a_returning_node_gets_a_full_copy_and_mirrors_again(lab):
     assert wait_identical(lab) == []
     assert not stale.exists()
     assert lab.host_path("node1", "/srv/demo/data/while_alone").read_text() == "2"
+
+
+def test_a_frozen_secondary_is_dropped_after_sendtimeout_and_catches_up_later(lab):
+    cluster = started(lab, "second")
+    node2_daemon = cluster.state("node2")["pid"]
+    os.kill(node2_daemon, signal.SIGSTOP)
+    try:
+        began = time.monotonic()
+        # The app's fsync waits for the frozen secondary at most sendtimeout (5 s), then goes on alone.
+        assert cluster.client("put", "/kv/during", "frozen", timeout=20)[:2] == (201, "node1")
+        assert time.monotonic() - began < 12
+        cluster.wait_for("node1", "ALONE", timeout=15)
+        for i in range(5):
+            assert cluster.client("put", f"/kv/alone{i}", "x")[:2] == (201, "node1")
+    finally:
+        os.kill(node2_daemon, signal.SIGCONT)
+    # Back, node2 learns it missed writes, gets a new copy and mirrors again.
+    cluster.wait_for("node2", "SECOND", timeout=30)
+    cluster.wait_for("node1", "PRIM", timeout=15)
+    assert wait_identical(lab) == []
+    assert lab.host_path("node2", "/srv/demo/data/during").read_text() == "frozen"
+
+
+def test_the_secondary_copy_is_read_only_to_applications(lab):
+    cluster = started(lab, "second")
+    refused = lab.exec("node2", ["sh", "-c", "echo x > /srv/demo/intruder"], check=False)
+    assert refused.returncode != 0
+    assert "Read-only file system" in refused.stderr
+    assert cluster.client("put", "/kv/k", "v")[:2] == (201, "node1")
+    assert wait_identical(lab) == []
+    # After a failover the new primary's directory is writable again (and replicated from there).
+    lab.crash("node1")
+    cluster.wait_for("node2", "ALONE", timeout=15)
+    assert lab.exec("node2", ["sh", "-c", "echo y > /srv/demo/allowed"], check=False).returncode == 0

@@ -628,3 +628,30 @@ def test_unknown_command_and_stale_script_results_change_nothing() -> None:
     assert (st.node, st.actions) == (n, ())
     st = step(S, n, ResyncDone(True, "", T))
     assert (st.node, st.actions) == (n, ())
+
+
+def test_a_secondary_whose_primary_stops_mirroring_to_it_is_no_longer_uptodate() -> None:
+    mirrored = replace(ALONE_PEER, state=State.PRIM, mirroring=True)
+    st = step(S, second_green(), PeerSeen(mirrored, T))
+    assert (st.node.state, st.node.color) == (State.SECOND, Color.GREEN)
+    # The primary's link to us broke and it runs on alone: we fall behind.
+    st = step(S, st.node, PeerSeen(replace(mirrored, state=State.ALONE, mirroring=False), T))
+    assert (st.node.state, st.node.color, st.node.uptodate) == (State.SECOND, Color.ORANGE, False)
+    assert st.actions == (StartResync(True),)
+    assert "interrupted" in st.reason
+    # If the primary now dies, this stale copy must not start the application.
+    st = step(S, st.node, PeerLost(T))
+    assert st.node.state is State.WAIT
+    assert "not uptodate" in st.reason
+
+
+def test_a_new_copy_makes_the_interrupted_secondary_ready_again() -> None:
+    mirrored = replace(ALONE_PEER, state=State.PRIM, mirroring=True)
+    st = step(S, step(S, second_green(), PeerSeen(mirrored, T)).node, PeerSeen(replace(mirrored, mirroring=False), T))
+    st = step(S, st.node, ResyncDone(True, "the primary's full copy arrived", T))
+    assert (st.node.state, st.node.color, st.node.uptodate) == (State.SECOND, Color.GREEN, True)
+
+
+def test_a_primary_that_never_mirrored_does_not_disturb_its_secondary() -> None:
+    st = step(S, second_green(), PeerSeen(ALONE_PEER, T))  # mirroring False from the start (no <rfs>)
+    assert (st.node.state, st.node.color) == (State.SECOND, Color.GREEN)

@@ -22,7 +22,7 @@ from typing import Any
 import trio
 
 from mirrorcore import _native
-from mirrorcore.config import ModuleConfig
+from mirrorcore.config import ModuleConfig, Rfs
 from mirrorcore.modlog import ModuleLog
 from mirrorcore.paths import Paths
 from mirrorcore.rfs.fullsync import FULL_SYNC_MARK
@@ -35,7 +35,9 @@ WORKER_STOP_SECONDS = 10.0
 class Mirror:
     """Replication of one module's directories on this node."""
 
-    def __init__(self, paths: Paths, config: ModuleConfig, key: bytes, log: ModuleLog) -> None:
+    def __init__(
+        self, paths: Paths, config: ModuleConfig, key: bytes, log: ModuleLog, on_change: Callable[[], None]
+    ) -> None:
         assert config.rfs is not None
         self.paths = paths
         self.config = config
@@ -46,6 +48,9 @@ class Mirror:
         self._workers: list[trio.Process] = []
         self._receivers: list[_native.Receiver] = []
         self.events: dict[str, Any] = {}
+        self._on_change = on_change
+        self._streaming: dict[str, bool] = {}  # primary: directory -> the secondary has its copy and follows
+        self._read_only: list[Path] = []  # secondary: directories overmounted read-only for applications
         self._epoch = 0  # bumped by every stop, so waits that began before it end
 
     async def start_primary(self, nursery: trio.Nursery) -> None:
@@ -90,6 +95,10 @@ class Mirror:
             port = replication_port(self.config.port, index)
             receiver = await trio.to_thread.run_sync(_native.Receiver, replicated.dir, local_addr, port, self.key)
             self._receivers.append(receiver)
+            if replicated.read_only:
+                # The receiver writes through the directory fd it opened before this overmount.
+                await trio.to_thread.run_sync(_read_only_overmount, Path(replicated.dir))
+                self._read_only.append(Path(replicated.dir))
             self.log.write(f"Receiving {replicated.dir} on {local_addr}:{port}", initiator="rfs")
 
     async def wait_synced(self) -> bool:
@@ -108,6 +117,7 @@ class Mirror:
     async def stop(self) -> None:
         """Stops replicating: workers unmount and exit; receivers apply what they hold and close."""
         self._epoch += 1
+        self._streaming = {}
         workers, self._workers = self._workers, []
         for proc in workers:
             if proc.returncode is None:
@@ -120,14 +130,27 @@ class Mirror:
         if workers:
             for replicated in self.rfs.dirs:
                 await trio.to_thread.run_sync(recover_stale_mount, Path(replicated.dir))
+        read_only, self._read_only = self._read_only, []
+        for dir in read_only:
+            await trio.to_thread.run_sync(_remove_overmount, dir)
         receivers, self._receivers = self._receivers, []
         for receiver in receivers:
             await trio.to_thread.run_sync(receiver.close)
         self.role = None
 
+    @property
+    def mirroring(self) -> bool:
+        """Primary: every replicated directory streams to the secondary, which has a complete copy."""
+        return self.role == "primary" and len(self._streaming) == len(self.rfs.dirs) and all(self._streaming.values())
+
     def status(self) -> dict[str, Any]:
         """What `state --json` shows of replication."""
-        out: dict[str, Any] = {"role": self.role, "async": self.rfs.async_mode, **self.events}
+        out: dict[str, Any] = {
+            "role": self.role,
+            "async": self.rfs.async_mode,
+            "mirroring": self.mirroring,
+            **self.events,
+        }
         if self._receivers:
             out["receivers"] = [r.stats() for r in self._receivers]
         return out
@@ -149,12 +172,17 @@ class Mirror:
                     self.log.write(f"Replicated directory {dir} mounted", initiator="rfs")
                 elif kind == "synced":
                     self.events["last_full_sync"] = event
+                    self._streaming[dir] = True
+                    self._on_change()
                     self.log.write(
                         f"Secondary joined: full copy of {dir} sent ({event.get('files')} files, "
                         f"{event.get('bytes')} bytes in {event.get('seconds')} s); now mirroring",
                         initiator="rfs",
                     )
                 else:
+                    if kind == "lost":
+                        self._streaming[dir] = False
+                        self._on_change()
                     level = "E" if kind in ("lost", "auth_failed") else "I"
                     self.log.write(f"Replication of {dir}: {kind}: {event.get('detail', '')}", level=level)
 
@@ -162,6 +190,30 @@ class Mirror:
         log_dir = self.paths.log_dir(self.config.name)
         log_dir.mkdir(parents=True, exist_ok=True)
         return os.open(log_dir / "worker.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+
+def missing_tocheck(rfs: Rfs) -> list[str]:
+    """The `<tocheck>` paths that do not exist: starting as primary on such data would replicate a hole.
+
+    Typically the disk holding the data is not mounted; the paths are reported absolute.
+    """
+    missing = []
+    for replicated in rfs.dirs:
+        for rel in replicated.tocheck:
+            path = Path(replicated.dir) / rel
+            if not os.path.lexists(path):
+                missing.append(str(path))
+    return missing
+
+
+def _read_only_overmount(dir: Path) -> None:
+    """Makes `dir` read-only to applications: a read-only bind mount of itself over itself."""
+    subprocess.run(["mount", "--bind", str(dir), str(dir)], check=True, capture_output=True)
+    subprocess.run(["mount", "-o", "remount,bind,ro", str(dir)], check=True, capture_output=True)
+
+
+def _remove_overmount(dir: Path) -> None:
+    subprocess.run(["umount", "-l", str(dir)], check=False, capture_output=True)
 
 
 def _prepare_dir(dir: Path) -> None:
