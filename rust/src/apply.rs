@@ -5,6 +5,11 @@
 //! a symlink (`O_NOFOLLOW`, `AT_SYMLINK_NOFOLLOW`). Writes reuse open fds
 //! from a small LRU, dropped when a rename, unlink or rmdir changes what the
 //! path names.
+//!
+//! Modification times: applying an operation stamps the secondary's clock on
+//! what it changes; a write then sets the primary's mtime it carries
+//! (`futimens`, atime untouched), and for other operations the primary sends
+//! a [`Op::Utimens`] with the times it ended with right after them.
 
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -55,7 +60,12 @@ impl Applier {
     /// The failing system call's error (the operation may be half done, as locally).
     pub fn apply(&mut self, op: &Op) -> io::Result<()> {
         match op {
-            Op::Write { path, offset, data } => write_all_at(self.writable(path)?, data, *offset),
+            Op::Write {
+                path,
+                offset,
+                mtime_ns,
+                data,
+            } => self.write(path, *offset, *mtime_ns, data),
             Op::Create {
                 path,
                 mode,
@@ -122,7 +132,10 @@ impl Applier {
                 mtime_ns,
             } => {
                 let p = self.root.parent(path)?;
-                let times = [timespec(*atime_ns), timespec(*mtime_ns)];
+                let times = [
+                    atime_ns.map_or_else(omit, timespec),
+                    mtime_ns.map_or_else(omit, timespec),
+                ];
                 let flags = libc::AT_SYMLINK_NOFOLLOW;
                 // SAFETY: valid fd, C string and a two-element array; the result is checked.
                 check(unsafe { libc::utimensat(p.fd(), p.name.as_ptr(), times.as_ptr(), flags) })
@@ -165,6 +178,24 @@ impl Applier {
             }
         }
         Ok(())
+    }
+
+    /// `pwrite`, then the primary's mtime (atime untouched) when the frame carries one.
+    fn write(
+        &mut self,
+        path: &[u8],
+        offset: u64,
+        mtime_ns: Option<i64>,
+        data: &[u8],
+    ) -> io::Result<()> {
+        let fd = self.writable(path)?;
+        write_all_at(fd, data, offset)?;
+        let Some(ns) = mtime_ns else {
+            return Ok(());
+        };
+        let times = [omit(), timespec(ns)];
+        // SAFETY: valid fd and a two-element array; the result is checked.
+        check(unsafe { libc::futimens(fd, times.as_ptr()) })
     }
 
     fn create(&mut self, path: &[u8], mode: u32, uid: u32, gid: u32) -> io::Result<()> {
@@ -386,6 +417,14 @@ fn timespec(ns: i64) -> libc::timespec {
     }
 }
 
+/// A `timespec` that leaves the time as it is.
+fn omit() -> libc::timespec {
+    libc::timespec {
+        tv_sec: 0,
+        tv_nsec: libc::UTIME_OMIT,
+    }
+}
+
 fn einval() -> io::Error {
     io::Error::from_raw_os_error(libc::EINVAL)
 }
@@ -428,6 +467,7 @@ mod tests {
             Op::Write {
                 path: p("d/f"),
                 offset: 3,
+                mtime_ns: Some(1_500_000_000_000_000_007),
                 data: p("abc"),
             },
             Op::Symlink {
@@ -451,8 +491,8 @@ mod tests {
             },
             Op::Utimens {
                 path: p("h"),
-                atime_ns: 1,
-                mtime_ns: 1_600_000_000_123_456_789,
+                atime_ns: Some(1),
+                mtime_ns: Some(1_600_000_000_123_456_789),
             },
             Op::Chmod {
                 path: p("h"),
@@ -510,6 +550,7 @@ mod tests {
         a.apply(&Op::Write {
             path: p("a"),
             offset: 0,
+            mtime_ns: None,
             data: p("A"),
         })
         .unwrap();
@@ -522,10 +563,61 @@ mod tests {
         a.apply(&Op::Write {
             path: p("a"),
             offset: 0,
+            mtime_ns: None,
             data: p("B"),
         })
         .unwrap();
         assert_eq!(std::fs::read(dir.join("root/a")).unwrap(), b"B");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn times_are_the_primary_s_and_an_omitted_one_is_kept() {
+        let (dir, mut a) = setup("times");
+        let (uid, gid) = (u32::MAX, u32::MAX);
+        let root = dir.join("root");
+        a.apply(&Op::Mkdir {
+            path: p("d"),
+            mode: 0o755,
+            uid,
+            gid,
+        })
+        .unwrap();
+        a.apply(&Op::Create {
+            path: p("d/f"),
+            mode: 0o644,
+            uid,
+            gid,
+        })
+        .unwrap();
+        a.apply(&Op::Write {
+            path: p("d/f"),
+            offset: 0,
+            mtime_ns: Some(1_000_000_000_000_000_001),
+            data: p("x"),
+        })
+        .unwrap();
+        let meta = std::fs::metadata(root.join("d/f")).unwrap();
+        assert_eq!((meta.mtime(), meta.mtime_nsec()), (1_000_000_000, 1));
+        let atime = std::fs::metadata(root.join("d")).unwrap().atime_nsec();
+        a.apply(&Op::Utimens {
+            path: p("d"),
+            atime_ns: None,
+            mtime_ns: Some(-1),
+        })
+        .unwrap();
+        let meta = std::fs::metadata(root.join("d")).unwrap();
+        assert_eq!((meta.mtime(), meta.mtime_nsec()), (-1, 999_999_999));
+        assert_eq!(meta.atime_nsec(), atime);
+        // A write without a time (a full copy's data) keeps the secondary's clock.
+        a.apply(&Op::Write {
+            path: p("d/f"),
+            offset: 1,
+            mtime_ns: None,
+            data: p("y"),
+        })
+        .unwrap();
+        assert!(std::fs::metadata(root.join("d/f")).unwrap().mtime() > 1_000_000_000);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -538,6 +630,7 @@ mod tests {
             .apply(&Op::Write {
                 path: p("l"),
                 offset: 0,
+                mtime_ns: None,
                 data: p("x")
             })
             .is_err());

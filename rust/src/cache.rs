@@ -333,6 +333,7 @@ mod tests {
             let op = Op::Write {
                 path: b"f".to_vec(),
                 offset: i,
+                mtime_ns: None,
                 data: vec![b'a' + (i % 26) as u8],
             };
             assert!(cache.push(i + 2, op, 100));

@@ -29,6 +29,16 @@ pub enum MirrorError {
     /// A bad argument from the caller (mode name, key, address).
     #[error("{0}")]
     InvalidArgument(String),
+    /// A saved file (e.g. a dirty map) that fails validation; never half-used.
+    #[error("{path}: corrupt {what}: {reason}")]
+    CorruptFile {
+        /// The file, as given.
+        path: String,
+        /// What it should have held.
+        what: &'static str,
+        /// The first defect found.
+        reason: String,
+    },
 }
 
 /// The native extension's result type.
@@ -48,7 +58,8 @@ impl From<MirrorError> for PyErr {
             MirrorError::Timeout(_) => PyTimeoutError::new_err(err.to_string()),
             MirrorError::Protocol(_)
             | MirrorError::InvalidPath(_)
-            | MirrorError::InvalidArgument(_) => PyValueError::new_err(err.to_string()),
+            | MirrorError::InvalidArgument(_)
+            | MirrorError::CorruptFile { .. } => PyValueError::new_err(err.to_string()),
         }
     }
 }
@@ -103,6 +114,12 @@ mod tests {
             python_type_name(MirrorError::InvalidPath("../x".into())),
             "ValueError"
         );
+        let corrupt = MirrorError::CorruptFile {
+            path: "/x/dirty".into(),
+            what: "dirty map",
+            reason: "checksum mismatch".into(),
+        };
+        assert_eq!(python_type_name(corrupt), "ValueError");
         let refused = std::io::Error::from_raw_os_error(libc::ECONNREFUSED);
         assert_eq!(python_type_name(refused.into()), "ConnectionRefusedError");
     }

@@ -3,7 +3,10 @@
 //!
 //! Callers hold the `order` lock from the local operation (for writes, the
 //! `pwrite` itself) to the queueing of its frame, so sequence order is the
-//! order of local application. The queue is bounded by bytes (queued plus in
+//! order of local application. A write's frame carries the file's mtime read
+//! (`fstat`) right after the `pwrite`, under the same lock: the secondary
+//! sets exactly that time after its own `pwrite`. That is one `fstat` per
+//! write call and 8 bytes per frame here, one `futimens` per frame there. The queue is bounded by bytes (queued plus in
 //! flight): a full queue blocks the caller, which has released the GIL. A
 //! sender thread MACs and writes frames; an ack reader thread raises
 //! `acked_seq`/`flushed_seq` and wakes barriers. When the link fails, every
@@ -148,8 +151,9 @@ impl Forwarder {
         })
     }
 
-    /// `pwrite`s `data` at `offset` on `fd`, then queues it for `path`
-    /// (nothing is sent for `None`: an unlinked file). Returns the bytes written.
+    /// `pwrite`s `data` at `offset` on `fd`, then queues it for `path` with
+    /// the file's resulting mtime (nothing is sent for `None`: an unlinked
+    /// file). Returns the bytes written.
     ///
     /// # Errors
     /// The local `pwrite` error; [`MirrorError::InvalidPath`] before writing anything.
@@ -162,12 +166,16 @@ impl Forwarder {
         let Some(path) = path else {
             return Ok(data.len());
         };
+        // Read after the pwrite and before queueing, under `order`: exactly this write's
+        // result. Every chunk carries it. Should fstat fail (it cannot once pwrite
+        // succeeded), the secondary keeps its own clock rather than failing a done write.
+        let mtime_ns = mtime_ns(fd);
         let mut off = offset;
         for chunk in data.chunks(WRITE_CHUNK) {
-            let len = wire::HEADER_LEN + 12 + path.len() + chunk.len() + wire::MAC_LEN;
+            let len = wire::HEADER_LEN + wire::write_overhead(path) + chunk.len() + wire::MAC_LEN;
             self.submit(
                 len,
-                |seq| wire::write_frame(seq, path, off, chunk),
+                |seq| wire::write_frame(seq, path, off, mtime_ns, chunk),
                 || Unsent::Write {
                     path,
                     offset: off,
@@ -486,6 +494,19 @@ impl Shared {
         let _link = lock(&self.link);
         self.link_changed.notify_all();
     }
+}
+
+/// The modification time of the file open on `fd`, in ns since the epoch (one `fstat`).
+fn mtime_ns(fd: RawFd) -> Option<i64> {
+    // SAFETY: a zeroed stat is a valid out-buffer; the result is checked.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd, &raw mut st) } != 0 {
+        return None;
+    }
+    // Beyond the year 2262 there is no ns count: the secondary keeps its own clock.
+    st.st_mtime
+        .checked_mul(1_000_000_000)?
+        .checked_add(st.st_mtime_nsec)
 }
 
 /// Rewrites the seq of a frame encoded with seq 0.

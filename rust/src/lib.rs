@@ -19,13 +19,17 @@
 //! - `apply.rs`: secondary: one operation under the root, fd LRU for writes.
 //! - `beneath.rs`: resolving paths without leaving the root (`openat2`).
 //!
-//! Still to come: `dirty.rs` (zone bitmaps for unsent writes, fed by the
-//! forwarder's `on_unsent` hook) and `extent.rs` (resync and verify).
+//! - `dirty.rs` (+ `dirty/`): per-file zone runs and the namespace changelog of
+//!   what the secondary lacks, saved atomically; `DirtyMap` in Python. Not yet
+//!   fed by the forwarder's `on_unsent` hook.
+//!
+//! Still to come: `extent.rs` (checksummed resync and verify).
 
 pub mod apply;
 pub mod auth;
 pub mod beneath;
 pub mod cache;
+pub mod dirty;
 pub mod error;
 pub mod forward;
 pub mod pyapi;
@@ -56,5 +60,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(version, m)?)?;
     m.add_class::<pyapi::Forwarder>()?;
     m.add_class::<pyapi::Receiver>()?;
+    m.add_class::<dirty::PyDirtyMap>()?;
     Ok(())
 }

@@ -13,7 +13,7 @@ use crate::detached;
 use crate::error::{MirrorError, Result};
 use crate::forward::{self, Config};
 use crate::receive;
-use crate::wire::Op;
+use crate::wire::{Op, OMIT_TIME};
 
 /// The primary's replication link (implements the `Replicator` protocol).
 #[pyclass(frozen, module = "mirrorcore._native")]
@@ -52,7 +52,8 @@ impl Forwarder {
         Ok(Forwarder { inner })
     }
 
-    /// `pwrite` locally, then queue the frame unless `path` is None; returns bytes written.
+    /// `pwrite` locally, then queue the frame (with the file's new mtime) unless `path` is None;
+    /// returns bytes written.
     fn write(
         &self,
         py: Python<'_>,
@@ -124,9 +125,16 @@ impl Forwarder {
         self.forward(py, &Op::Link { existing, new })
     }
 
-    /// Sends file data the primary already holds (a full copy): no local write.
+    /// Sends file data the primary already holds (a full copy): no local write, and no mtime
+    /// (the secondary's clock stands until the copy's `utimens` of the file).
     fn put(&self, py: Python<'_>, path: Vec<u8>, offset: u64, data: Vec<u8>) -> Result<u64> {
-        self.forward(py, &Op::Write { path, offset, data })
+        let op = Op::Write {
+            path,
+            offset,
+            mtime_ns: None,
+            data,
+        };
+        self.forward(py, &op)
     }
 
     /// Tells the secondary to empty its copy before a full copy.
@@ -168,15 +176,20 @@ impl Forwarder {
         self.forward(py, &op)
     }
 
-    fn utimens(&self, py: Python<'_>, path: Vec<u8>, atime_ns: i64, mtime_ns: i64) -> Result<u64> {
-        self.forward(
-            py,
-            &Op::Utimens {
-                path,
-                atime_ns,
-                mtime_ns,
-            },
-        )
+    /// Exact times in ns; None leaves that time as it is on the secondary (`UTIME_OMIT`).
+    fn utimens(
+        &self,
+        py: Python<'_>,
+        path: Vec<u8>,
+        atime_ns: Option<i64>,
+        mtime_ns: Option<i64>,
+    ) -> Result<u64> {
+        let op = Op::Utimens {
+            path,
+            atime_ns: time(atime_ns)?,
+            mtime_ns: time(mtime_ns)?,
+        };
+        self.forward(py, &op)
     }
 
     fn setxattr(
@@ -320,6 +333,16 @@ fn id(v: i64) -> Result<u32> {
         return Ok(u32::MAX);
     }
     u32::try_from(v).map_err(|_| MirrorError::InvalidArgument(format!("uid/gid {v} out of range")))
+}
+
+/// A time in ns from Python: the wire's "none" value cannot be a time.
+fn time(ns: Option<i64>) -> Result<Option<i64>> {
+    match ns {
+        Some(OMIT_TIME) => Err(MirrorError::InvalidArgument(format!(
+            "time {OMIT_TIME} ns is out of range"
+        ))),
+        other => Ok(other),
+    }
 }
 
 fn seconds(v: f64, what: &str) -> Result<Duration> {

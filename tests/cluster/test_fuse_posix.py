@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
 import trio
@@ -435,19 +436,30 @@ async def test_forwarded_operations_follow_the_local_order(tmp_path: Path) -> No
     assert not fuse_mounts(dir)
     # The kernel itself also sends an fsync after an O_SYNC/O_DSYNC write: a barrier may repeat.
     ops = [op for i, op in enumerate(rec.ops) if not (op == ("barrier",) and rec.ops[i - 1] == op)]
+    # After each operation that changes mtimes (writes carry theirs natively), the primary's resulting mtimes
+    # follow as utimens leaving the atime alone: of the entry, and of its parent unless that is the root.
     assert ops == [
         ("create", b"f", 0o644, 0, 0),
+        ("utimens", b"f", None, ANY),
         ("write", b"f", 0, b"hello"),
         ("rename", b"f", b"g", 0),
         ("barrier",),
         ("chmod", b"g", 0o600),
         ("mkdir", b"d", 0o755, 0, 0),
+        ("utimens", b"d", None, ANY),
         ("symlink", b"g", b"d/s", 0, 0),
+        ("utimens", b"d/s", None, ANY),
+        ("utimens", b"d", None, ANY),
         ("truncate", b"g", 2),
+        ("utimens", b"g", None, ANY),
         ("write", b"g", 1, b"s"),
         ("barrier",),
         ("unlink", b"g"),
     ]
+    # The last time sent for what still exists is the one it has.
+    stamps = {op[1]: op[3] for op in ops if op[0] == "utimens"}
+    assert stamps[b"d"] == os.lstat(dir / "d").st_mtime_ns
+    assert stamps[b"d/s"] == os.lstat(dir / "d/s").st_mtime_ns
 
 
 class Unreachable(Recorder):

@@ -9,7 +9,11 @@ from pathlib import Path
 
 
 def snapshot(root: Path) -> dict[str, tuple[object, ...]]:
-    """Every entry under `root`: type, mode, owner, size, content hash or link target, xattrs, hard-link group."""
+    """Every entry under `root`: type, mode, owner, size, mtime, content hash or link target, xattrs, hard-link group.
+
+    The mtime (`st_mtime_ns`, of the entry itself for a symlink) is compared for every type, directories included:
+    replication carries the primary's modification times exactly. Only the root's own entry is left out.
+    """
     entries: dict[str, tuple[object, ...]] = {}
     inodes: dict[str, int] = {}
     names: dict[int, list[str]] = {}
@@ -32,7 +36,7 @@ def snapshot(root: Path) -> dict[str, tuple[object, ...]]:
             if not stat.S_ISDIR(st.st_mode):
                 inodes[rel] = st.st_ino
                 names.setdefault(st.st_ino, []).append(rel)
-            entries[rel] = (kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, size, detail, xattrs)
+            entries[rel] = (kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, size, st.st_mtime_ns, detail, xattrs)
     # Hard links: every name carries the first (sorted) name of its inode, the same on both nodes.
     return {rel: (*e, min(names[inodes[rel]]) if rel in inodes else None) for rel, e in entries.items()}
 

@@ -1,13 +1,17 @@
 """The native replication link end to end on loopback: a Forwarder writes a tree, a Receiver rebuilds it.
 
 The tests play the FUSE layer's part: perform each operation locally under the primary's root, then forward it
-(except writes, which the Forwarder performs itself), and finally compare both trees byte for byte.
+(except writes, which the Forwarder performs itself) followed, as rfs/fuse.py does, by the primary's resulting
+mtimes of what it changed (`utimens(path, None, mtime_ns)`), and finally compare both trees byte for byte and
+modification time for modification time.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import stat
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +28,10 @@ FALLOC_FL_PUNCH_HOLE = 2
 
 
 class Primary:
-    """Performs operations locally under `root` and forwards them, as rfs/fuse.py does."""
+    """Performs operations locally under `root` and forwards them, as rfs/fuse.py does.
+
+    Each method returns the sequence number of the operation itself, not of the mtimes sent after it.
+    """
 
     def __init__(self, root: Path, fwd: Forwarder):
         self.root = root
@@ -32,6 +39,13 @@ class Primary:
 
     def p(self, rel: bytes) -> bytes:
         return os.fsencode(self.root) + b"/" + rel
+
+    def stamped(self, seq: int, *rels: bytes, parents: tuple[bytes, ...] = ()) -> int:
+        """Sends the primary's mtimes of `rels` and of the directories holding `parents` (not the root)."""
+        for rel in dict.fromkeys([*rels, *(p.rpartition(b"/")[0] for p in parents)]):
+            if rel:
+                self.fwd.utimens(rel, None, os.lstat(self.p(rel)).st_mtime_ns)
+        return seq
 
     def write(self, rel: bytes, offset: int, data: bytes) -> int:
         fd = os.open(self.p(rel), os.O_WRONLY)
@@ -43,33 +57,34 @@ class Primary:
     def create(self, rel: bytes, mode: int = 0o644) -> int:
         os.close(os.open(self.p(rel), os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode))
         os.chmod(self.p(rel), mode)
-        return self.fwd.create(rel, stat.S_IFREG | mode, os.getuid(), os.getgid())
+        return self.stamped(self.fwd.create(rel, stat.S_IFREG | mode, os.getuid(), os.getgid()), rel, parents=(rel,))
 
     def mkdir(self, rel: bytes, mode: int = 0o755) -> int:
         os.mkdir(self.p(rel))
         os.chmod(self.p(rel), mode)
-        return self.fwd.mkdir(rel, stat.S_IFDIR | mode, os.getuid(), os.getgid())
+        return self.stamped(self.fwd.mkdir(rel, stat.S_IFDIR | mode, os.getuid(), os.getgid()), rel, parents=(rel,))
 
     def mkfifo(self, rel: bytes, mode: int = 0o600) -> int:
         os.mkfifo(self.p(rel), mode)
         os.chmod(self.p(rel), mode)
-        return self.fwd.mknod(rel, stat.S_IFIFO | mode, 0, os.getuid(), os.getgid())
+        seq = self.fwd.mknod(rel, stat.S_IFIFO | mode, 0, os.getuid(), os.getgid())
+        return self.stamped(seq, rel, parents=(rel,))
 
     def symlink(self, target: bytes, rel: bytes) -> int:
         os.symlink(target, self.p(rel))
-        return self.fwd.symlink(target, rel, os.getuid(), os.getgid())
+        return self.stamped(self.fwd.symlink(target, rel, os.getuid(), os.getgid()), rel, parents=(rel,))
 
     def link(self, existing: bytes, new: bytes) -> int:
         os.link(self.p(existing), self.p(new), follow_symlinks=False)
-        return self.fwd.link(existing, new)
+        return self.stamped(self.fwd.link(existing, new), parents=(new,))
 
     def unlink(self, rel: bytes) -> int:
         os.unlink(self.p(rel))
-        return self.fwd.unlink(rel)
+        return self.stamped(self.fwd.unlink(rel), parents=(rel,))
 
     def rmdir(self, rel: bytes) -> int:
         os.rmdir(self.p(rel))
-        return self.fwd.rmdir(rel)
+        return self.stamped(self.fwd.rmdir(rel), parents=(rel,))
 
     def rename(self, old: bytes, new: bytes, flags: int = 0) -> int:
         if flags == RENAME_EXCHANGE:
@@ -79,11 +94,11 @@ class Primary:
             os.rename(tmp, self.p(new))
         else:
             os.rename(self.p(old), self.p(new))
-        return self.fwd.rename(old, new, flags)
+        return self.stamped(self.fwd.rename(old, new, flags), parents=(old, new))
 
     def truncate(self, rel: bytes, size: int) -> int:
         os.truncate(self.p(rel), size)
-        return self.fwd.truncate(rel, size)
+        return self.stamped(self.fwd.truncate(rel, size), rel)
 
     def chmod(self, rel: bytes, mode: int) -> int:
         os.chmod(self.p(rel), mode)
@@ -112,7 +127,7 @@ class Primary:
             _fallocate(fd, mode, offset, length)
         finally:
             os.close(fd)
-        return self.fwd.fallocate(rel, mode, offset, length)
+        return self.stamped(self.fwd.fallocate(rel, mode, offset, length), rel)
 
 
 def _fallocate(fd: int, mode: int, offset: int, length: int) -> None:
@@ -139,8 +154,6 @@ def snapshot(root: Path) -> dict[str, tuple[object, ...]]:
                 body = os.readlink(full)
             else:
                 body = None
-            # A directory's mtime moves with its entries and is not replicated separately.
-            mtime = None if stat.S_ISDIR(st.st_mode) else st.st_mtime_ns
             tree[os.path.relpath(full, root)] = (
                 stat.S_IFMT(st.st_mode),
                 stat.S_IMODE(st.st_mode),
@@ -148,7 +161,7 @@ def snapshot(root: Path) -> dict[str, tuple[object, ...]]:
                 st.st_gid,
                 st.st_size if not stat.S_ISDIR(st.st_mode) else None,
                 st.st_nlink if not stat.S_ISDIR(st.st_mode) else None,
-                mtime,
+                st.st_mtime_ns,
                 body,
                 xattrs,
             )
@@ -230,6 +243,106 @@ def test_every_operation_is_replicated_exactly(primary: Primary, receiver: Recei
     stats = receiver.stats()
     assert stats["applied_seq"] == stats["flushed_seq"] == stats["received_seq"] >= seqs[-1]
     assert stats["frames_rejected"] == stats["auth_failures"] == stats["apply_errors"] == 0
+
+
+class Valve:
+    """A loopback relay from a Forwarder to a Receiver whose forward direction can be held shut.
+
+    What the primary sends while it is shut reaches the secondary later, as over a slow link: the
+    secondary's clock has moved on when it applies, so only replicated times can match the primary's.
+    """
+
+    def __init__(self, upstream_port: int) -> None:
+        self.port_to = upstream_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.listener.getsockname()[1]
+        self.flowing = threading.Event()
+        self.flowing.set()
+        self.sockets: list[socket.socket] = [self.listener]
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
+
+    def _accept(self) -> None:
+        try:
+            down, _ = self.listener.accept()
+            up = socket.create_connection(("127.0.0.1", self.port_to))
+        except OSError:
+            return
+        self.sockets += [down, up]
+        for src, dst, gated in [(down, up, True), (up, down, False)]:
+            t = threading.Thread(target=self._relay, args=(src, dst, gated), daemon=True)
+            t.start()
+            self.threads.append(t)
+
+    def _relay(self, src: socket.socket, dst: socket.socket, gated: bool) -> None:
+        try:
+            while data := src.recv(1 << 16):
+                if gated:
+                    self.flowing.wait()
+                dst.sendall(data)
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.flowing.set()
+        for sock in self.sockets:
+            sock.close()
+        for t in self.threads:
+            t.join(10)
+
+
+def test_the_secondary_ends_with_the_primary_s_modification_times(receiver: Receiver, roots: tuple[Path, Path]):
+    valve = Valve(receiver.port)
+    fwd = Forwarder("127.0.0.1", valve.port, KEY)
+    try:
+        prim = Primary(roots[0], fwd)
+        prim.mkdir(b"d")
+        prim.create(b"d/f")
+        prim.create(b"d/big")
+        prim.mkdir(b"e")
+        fwd.barrier(10.0)
+        valve.flowing.clear()
+        # Everything below reaches the secondary only after the pause: on its own clock, every
+        # time would be later than the primary's.
+        prim.write(b"d/f", 0, b"first")
+        prim.write(b"d/f", 100, b"sparse")
+        prim.write(b"d/big", 0, os.urandom(3 << 20))  # three frames, each carrying the final mtime
+        prim.truncate(b"d/big", 1 << 20)
+        prim.create(b"d/g")
+        prim.write(b"d/g", 0, b"g")
+        prim.rename(b"d/g", b"e/g")
+        prim.link(b"d/f", b"e/f")
+        prim.symlink(b"f", b"e/s")
+        prim.mkdir(b"e/sub")
+        prim.create(b"e/sub/gone")
+        prim.unlink(b"e/sub/gone")
+        before = {p: os.lstat(roots[0] / p).st_mtime_ns for p in ["d", "d/f", "d/big", "e", "e/g", "e/s", "e/sub"]}
+        time.sleep(0.05)
+        valve.flowing.set()
+        fwd.barrier(10.0)
+        receiver.drain(10.0)
+    finally:
+        fwd.close()
+        valve.close()
+    assert receiver.last_error is None
+    after = {p: os.lstat(roots[1] / p).st_mtime_ns for p in before}
+    assert after == before
+    assert snapshot(roots[1]) == snapshot(roots[0])
+    # A full copy's data (`put`) carries no time: the copy's final utimens sets it. None leaves the atime alone.
+    atime = os.lstat(roots[1] / "d/f").st_atime_ns
+    fwd = connect(receiver)
+    try:
+        fwd.put(b"d/f", 0, b"FIRST")
+        fwd.utimens(b"d/f", None, 1_234_567_890_123_456_789)
+        with pytest.raises(ValueError, match="out of range"):
+            fwd.utimens(b"d/f", -(1 << 63), 0)  # the wire's "no time"
+        fwd.barrier(10.0)
+        receiver.drain(10.0)
+    finally:
+        fwd.close()
+    st = os.lstat(roots[1] / "d/f")
+    assert (st.st_mtime_ns, st.st_atime_ns) == (1_234_567_890_123_456_789, atime)
 
 
 @pytest.mark.parametrize("mode", ["none", "second"])

@@ -9,6 +9,22 @@ Writes go through `Replicator.write`, which does the pwrite itself (the hot path
 Durability points (a barrier after the local fsync, both in threads): fsync, fdatasync and
 fsyncdir; every write on an fd opened O_SYNC/O_DSYNC; every mutation when `ackeach`.
 
+Modification times: the secondary must end with the primary's st_mtime_ns on every replicated entry,
+but applying an operation there stamps its own clock. Writes (the hot path) carry the file's mtime
+in their frame: the native `write` reads it with fstat right after its pwrite, and the secondary sets
+it after its own (no extra frame; one fstat here, one futimens there). For every other operation
+that changes an mtime, right after forwarding it (still no `await`), we read the resulting times
+and forward them as `utimens(path, None, mtime_ns)` (None: the secondary keeps its atime):
+  - truncate (setattr, open O_TRUNC): the file;
+  - create, mknod, mkdir, symlink: the new entry and its parent directory;
+  - link, unlink, rmdir: the parent directory;
+  - rename: both parent directories (one if the same), and a directory moved to another parent
+    (some file systems stamp it when they rewrite its "..").
+A parent is stamped even when the child is not replicated (its mtime changed all the same), unless
+the parent itself is not replicated or is the root (the root's own times are not replicated).
+Cost outside the write path: one lstat and one extra frame per stamped entry (1 to 3 per operation).
+chmod/chown/xattrs change only ctime, which nothing can set: nothing to forward.
+
 Kernel side: no writeback cache (the daemon sees every write, in order); `default_permissions`
 (the kernel checks permissions, so `access` is never asked); no `fallocate`, `lseek` or
 `copy_file_range` handlers exist in pyfuse3 3.5, so fallocate(2) fails with EOPNOTSUPP
@@ -212,6 +228,28 @@ class MirrorFS(pyfuse3.Operations):
         if path is not None and self.guard.replicator is not None and self.filter.replicated(path, is_dir=is_dir):
             self.guard.call(lambda r: op(r, path))
 
+    def _stamp(self, path: bytes | None, is_dir: bool, st: os.stat_result | None = None) -> None:
+        """Forwards `path`'s mtime as the primary has it now (`st` if the caller just took it).
+
+        Call right after forwarding the operation that changed it, with no `await` in between: the
+        time read is that operation's result, and the secondary sets it after applying the operation.
+        """
+        if not path or self.guard.replicator is None or not self.filter.replicated(path, is_dir=is_dir):
+            return  # nameless, the root (whose own times are not replicated), passthrough or not replicated
+        if st is None:
+            try:
+                st = self._lstat(path)
+            except OSError as e:  # the operation itself succeeded: do not fail it for this
+                log.warning("could not read the mtime of %r to replicate it: %s", path, e)
+                return
+        mtime_ns = st.st_mtime_ns
+        self.guard.call(lambda r: r.utimens(path, None, mtime_ns))
+
+    def _stamp_parents(self, *paths: bytes) -> None:
+        """Forwards the mtime of the directories holding `paths`, each once (see `_stamp`)."""
+        for parent in dict.fromkeys(path.rpartition(b"/")[0] for path in paths):
+            self._stamp(parent, True)
+
     async def _ack(self) -> None:
         """With ackeach, every mutation waits for the secondary (a durability point)."""
         if self._ackeach:
@@ -323,6 +361,7 @@ class MirrorFS(pyfuse3.Operations):
                 else:
                     os.truncate(on, size)
                 self._fwd(path, dir_, lambda r, p: r.truncate(p, size))
+                self._stamp(path, dir_)
             if fields.update_mode:
                 mode = stat.S_IMODE(attr.st_mode)
                 if rel is not None and fd is None:
@@ -386,6 +425,8 @@ class MirrorFS(pyfuse3.Operations):
             os.chown(path, uid, gid, dir_fd=self._root, follow_symlinks=False)
             st = self._lstat(path)
         self._fwd(path, False, lambda r, p: r.mknod(p, st.st_mode, rdev, st.st_uid, st.st_gid))
+        self._stamp(path, False, st)
+        self._stamp_parents(path)
         await self._ack()
         return self._attr(st, self.inodes.learn(parent_inode, name, st).ino)
 
@@ -399,6 +440,8 @@ class MirrorFS(pyfuse3.Operations):
             os.chown(path, uid, gid, dir_fd=self._root, follow_symlinks=False)
             st = self._lstat(path)
         self._fwd(path, True, lambda r, p: r.mkdir(p, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid))
+        self._stamp(path, True, st)
+        self._stamp_parents(path)
         await self._ack()
         return self._attr(st, self.inodes.learn(parent_inode, name, st).ino)
 
@@ -412,6 +455,8 @@ class MirrorFS(pyfuse3.Operations):
             os.chown(path, uid, gid, dir_fd=self._root, follow_symlinks=False)
             st = self._lstat(path)
         self._fwd(path, False, lambda r, p: r.symlink(target, p, st.st_uid, st.st_gid))
+        self._stamp(path, False, st)
+        self._stamp_parents(path)
         await self._ack()
         return self._attr(st, self.inodes.learn(parent_inode, name, st).ino)
 
@@ -420,6 +465,7 @@ class MirrorFS(pyfuse3.Operations):
         with _errors():
             os.unlink(path, dir_fd=self._root)
         self._fwd(path, False, lambda r, p: r.unlink(p))
+        self._stamp_parents(path)
         self._relink(self.inodes.unlinked(parent_inode, name))
         await self._ack()
 
@@ -428,6 +474,7 @@ class MirrorFS(pyfuse3.Operations):
         with _errors():
             os.rmdir(path, dir_fd=self._root)
         self._fwd(path, True, lambda r, p: r.rmdir(p))
+        self._stamp_parents(path)
         self.inodes.unlinked(parent_inode, name)
         await self._ack()
 
@@ -456,6 +503,12 @@ class MirrorFS(pyfuse3.Operations):
             else:
                 os.rename(old, new, src_dir_fd=self._root, dst_dir_fd=self._root)
         self._fwd(old, stat.S_ISDIR(st_old.st_mode), lambda r, p: r.rename(p, new, flags))
+        self._stamp_parents(old, new)
+        if old.rpartition(b"/")[0] != new.rpartition(b"/")[0]:
+            if stat.S_ISDIR(st_old.st_mode):
+                self._stamp(new, True)
+            if flags & _RENAME_EXCHANGE and st_new is not None and stat.S_ISDIR(st_new.st_mode):
+                self._stamp(old, True)
         same = st_new is not None and (st_new.st_dev, st_new.st_ino) == (st_old.st_dev, st_old.st_ino)
         if not same:  # renaming a hard link onto another link of the same file does nothing
             exchange = bool(flags & _RENAME_EXCHANGE)
@@ -476,6 +529,7 @@ class MirrorFS(pyfuse3.Operations):
             os.link(existing, new, src_dir_fd=self._root, dst_dir_fd=self._root, follow_symlinks=False)
             st = self._lstat(new)
         self._fwd(new, False, lambda r, p: r.link(existing, p))
+        self._stamp_parents(new)
         await self._ack()
         return self._attr(st, self.inodes.learn(new_parent_inode, new_name, st).ino)
 
@@ -500,6 +554,7 @@ class MirrorFS(pyfuse3.Operations):
         self._opened(fd, node, flags)
         if flags & os.O_TRUNC:
             self._fwd(path, False, lambda r, p: r.truncate(p, 0))
+            self._stamp(path, False)
             await self._ack()
         return pyfuse3.FileInfo(fh=fd, keep_cache=True)
 
@@ -519,6 +574,8 @@ class MirrorFS(pyfuse3.Operations):
                 os.unlink(path, dir_fd=self._root)
                 raise
         self._fwd(path, False, lambda r, p: r.create(p, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid))
+        self._stamp(path, False, st)
+        self._stamp_parents(path)
         node = self.inodes.learn(parent_inode, name, st)
         self._opened(fd, node, flags)
         await self._ack()

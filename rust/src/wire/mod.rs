@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! header   len u32 | seq u64 | op u8        13 bytes, little endian; len = payload length
-//! payload  the operation's fields            integers LE, byte strings as u32 length + bytes;
+//! payload  the operation's fields            integers LE, byte strings as u32 length + bytes,
+//!                                            times as i64 ns (i64::MIN = none);
 //!                                            a write's data is the rest of the payload
 //! mac      16 bytes                          keyed BLAKE3 (session frame key) over header + payload
 //! ```
@@ -32,7 +33,7 @@ pub const MAX_PAYLOAD: usize = WRITE_CHUNK + (64 << 10);
 
 mod op;
 
-pub use op::{validate_path, write_frame, Op};
+pub use op::{validate_path, write_frame, write_overhead, Op, OMIT_TIME};
 
 /// A parsed frame header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,11 +172,13 @@ mod tests {
             Op::Write {
                 path: p("a/b"),
                 offset: 1 << 40,
+                mtime_ns: Some(1_700_000_000_123_456_789),
                 data: vec![1, 2, 3],
             },
             Op::Write {
                 path: p("empty"),
                 offset: 0,
+                mtime_ns: None,
                 data: Vec::new(),
             },
             Op::Create {
@@ -229,8 +232,13 @@ mod tests {
             },
             Op::Utimens {
                 path: p("f"),
-                atime_ns: -1_500_000_001,
-                mtime_ns: 1_700_000_000_123_456_789,
+                atime_ns: Some(-1_500_000_001),
+                mtime_ns: Some(1_700_000_000_123_456_789),
+            },
+            Op::Utimens {
+                path: p("d"),
+                atime_ns: None,
+                mtime_ns: Some(-1),
             },
             Op::Setxattr {
                 path: p("f"),

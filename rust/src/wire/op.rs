@@ -7,12 +7,23 @@ use crate::error::{MirrorError, Result};
 ///
 /// Paths are relative to the replicated root; [`validate_path`] says which
 /// are acceptable. `uid`/`gid` of `u32::MAX` mean "unchanged" (chown's -1).
+///
+/// Modification times: the secondary ends every operation with the primary's
+/// `st_mtime_ns` on every entry it touched. A write carries the file's mtime
+/// read right after the primary's `pwrite` (the hot path: no extra frame);
+/// for every other operation the primary follows the frame with a
+/// [`Op::Utimens`] that leaves the atime alone (`atime_ns: None`) for the
+/// entry and its parent directory(ies). Times are `Option`s on the wire as
+/// an `i64` where [`OMIT_TIME`] means "leave it" (`UTIME_OMIT`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    /// `pwrite(data, offset)` on an existing regular file.
+    /// `pwrite(data, offset)` on an existing regular file, then set its mtime
+    /// to `mtime_ns` (the primary's, after its own `pwrite`) unless `None`
+    /// (a full copy's data, whose times follow at the end).
     Write {
         path: Vec<u8>,
         offset: u64,
+        mtime_ns: Option<i64>,
         data: Vec<u8>,
     },
     /// Create (or truncate) a regular file and set its mode and owner.
@@ -62,11 +73,12 @@ pub enum Op {
     Chmod { path: Vec<u8>, mode: u32 },
     /// Set owner and group (never follows a final symlink).
     Chown { path: Vec<u8>, uid: u32, gid: u32 },
-    /// Set access and modification times, exact to the nanosecond.
+    /// Set access and modification times, exact to the nanosecond; `None`
+    /// leaves that time as it is (`UTIME_OMIT`).
     Utimens {
         path: Vec<u8>,
-        atime_ns: i64,
-        mtime_ns: i64,
+        atime_ns: Option<i64>,
+        mtime_ns: Option<i64>,
     },
     /// Set an extended attribute.
     Setxattr {
@@ -170,8 +182,14 @@ impl Op {
 
     /// Encodes the whole frame except its MAC (see [`seal`]).
     pub fn frame(&self, seq: u64) -> Vec<u8> {
-        if let Op::Write { path, offset, data } = self {
-            return write_frame(seq, path, *offset, data);
+        if let Op::Write {
+            path,
+            offset,
+            mtime_ns,
+            data,
+        } = self
+        {
+            return write_frame(seq, path, *offset, *mtime_ns, data);
         }
         let mut out = header(seq, self.code(), 64);
         let mut w = Writer(&mut out);
@@ -238,7 +256,7 @@ impl Op {
                 atime_ns,
                 mtime_ns,
             } => {
-                w.bytes(path).i64(*atime_ns).i64(*mtime_ns);
+                w.bytes(path).time(*atime_ns).time(*mtime_ns);
             }
             Op::Setxattr {
                 path,
@@ -271,8 +289,14 @@ impl Op {
             1 => {
                 let path = r.bytes()?;
                 let offset = r.u64()?;
+                let mtime_ns = r.time()?;
                 let data = std::mem::take(&mut r.0).to_vec();
-                Op::Write { path, offset, data }
+                Op::Write {
+                    path,
+                    offset,
+                    mtime_ns,
+                    data,
+                }
             }
             2 => Op::Create {
                 path: r.bytes()?,
@@ -325,8 +349,8 @@ impl Op {
             },
             13 => Op::Utimens {
                 path: r.bytes()?,
-                atime_ns: r.i64()?,
-                mtime_ns: r.i64()?,
+                atime_ns: r.time()?,
+                mtime_ns: r.time()?,
             },
             14 => Op::Setxattr {
                 path: r.bytes()?,
@@ -377,10 +401,25 @@ impl std::fmt::Display for Op {
     }
 }
 
+/// A time field's "no time" (`None`): `i64::MIN` ns, a day in 1677 no file
+/// carries (such a time given to [`Op::Utimens`] reads as "leave it").
+pub const OMIT_TIME: i64 = i64::MIN;
+
+/// Bytes of a write frame's payload before its data.
+pub fn write_overhead(path: &[u8]) -> usize {
+    4 + path.len() + 8 + 8
+}
+
 /// Encodes a write frame straight from borrowed data (the hot path: one copy).
-pub fn write_frame(seq: u64, path: &[u8], offset: u64, data: &[u8]) -> Vec<u8> {
-    let mut out = header(seq, 1, 4 + path.len() + 8 + data.len());
-    Writer(&mut out).bytes(path).u64(offset);
+pub fn write_frame(
+    seq: u64,
+    path: &[u8],
+    offset: u64,
+    mtime_ns: Option<i64>,
+    data: &[u8],
+) -> Vec<u8> {
+    let mut out = header(seq, 1, write_overhead(path) + data.len());
+    Writer(&mut out).bytes(path).u64(offset).time(mtime_ns);
     out.extend_from_slice(data);
     finish_header(&mut out);
     out
@@ -418,8 +457,9 @@ impl Writer<'_> {
         self.0.extend_from_slice(&v.to_le_bytes());
         self
     }
-    fn i64(&mut self, v: i64) -> &mut Self {
-        self.0.extend_from_slice(&v.to_le_bytes());
+    fn time(&mut self, v: Option<i64>) -> &mut Self {
+        self.0
+            .extend_from_slice(&v.unwrap_or(OMIT_TIME).to_le_bytes());
         self
     }
     fn bytes(&mut self, b: &[u8]) -> &mut Self {
@@ -446,8 +486,9 @@ impl Reader<'_> {
     fn u64(&mut self) -> Result<u64> {
         self.take::<8>().map(u64::from_le_bytes)
     }
-    fn i64(&mut self) -> Result<i64> {
-        self.take::<8>().map(i64::from_le_bytes)
+    fn time(&mut self) -> Result<Option<i64>> {
+        let v = self.take::<8>().map(i64::from_le_bytes)?;
+        Ok((v != OMIT_TIME).then_some(v))
     }
     fn bytes(&mut self) -> Result<Vec<u8>> {
         let len = self.u32()? as usize;
@@ -470,6 +511,7 @@ mod tests {
         let op = Op::Write {
             path: b"a/b".to_vec(),
             offset: 5,
+            mtime_ns: Some(1),
             data: vec![0; 3],
         };
         assert_eq!(op.to_string(), "write a/b @5+3");
