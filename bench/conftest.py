@@ -1,1 +1,40 @@
-"""Benchmarks run with `make bench` (timed) and, in CI, once each without timing (`--benchmark-disable`)."""
+"""Benchmarks run with `make bench` (timed) and, in CI, once each without timing (`--benchmark-disable`).
+
+The replication benchmark (test_bench_replication.py) adds rows to the session's table; at the end of
+the session the table is printed, and after a timed run covering every target it is written to
+bench/RESULTS.md for the README (only when every benchmark passed).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from report import Row, complete, render
+
+RESULTS_MD = Path(__file__).with_name("RESULTS.md")
+_ROWS = pytest.StashKey[list[Row]]()
+
+
+@pytest.fixture(scope="session")
+def bench_rows(request) -> list[Row]:
+    """The session's replication measurements, rendered by pytest_terminal_summary."""
+    return request.config.stash.setdefault(_ROWS, [])
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    rows = config.stash.get(_ROWS, [])
+    if not rows:
+        return
+    timed = not config.getoption("benchmark_disable")
+    text = render(rows, timed=timed)
+    terminalreporter.section("replication benchmark")
+    terminalreporter.write(text)
+    if not timed:
+        return
+    if exitstatus == 0 and complete(rows):
+        RESULTS_MD.write_text(text)
+        terminalreporter.write_line(f"written to {RESULTS_MD}")
+    else:
+        terminalreporter.write_line(f"a benchmark failed or a target is missing: {RESULTS_MD} left as it was")
