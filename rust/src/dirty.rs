@@ -138,6 +138,13 @@ impl DirtyMap {
         self.clean
     }
 
+    /// Marks the map as missing operations (a record failed, or the
+    /// secondary dropped before it had the full copy on its disk): it stays
+    /// distrusted, across `save`/`load`, until [`Self::clear`].
+    pub fn distrust(&mut self) {
+        self.clean = false;
+    }
+
     /// The highest seq ever recorded (kept across `save`/`load`).
     pub fn last_seq(&self) -> u64 {
         self.last_seq

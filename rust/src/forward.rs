@@ -11,6 +11,15 @@
 //! sender thread MACs and writes frames; an ack reader thread raises
 //! `acked_seq`/`flushed_seq` and wakes barriers. When the link fails, every
 //! later operation still works locally and is handed to `on_unsent`.
+//!
+//! Tracking: with a [`DirtyMap`] attached ([`Forwarder::track`]) every
+//! operation is recorded into it at the moment it gets its seq (under
+//! `order`, so before any ack can name it), as map seq `base + seq`; each
+//! `Flushed` ack confirms `base + flushed`. So the map holds exactly what the
+//! secondary does not have on its disk: sent but unflushed while the link is
+//! up, everything after the link drops. [`Forwarder::tracker`] is a forwarder
+//! with no link at all: the ALONE replicator, which applies writes locally and
+//! only records.
 
 use std::collections::VecDeque;
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -23,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use crate::apply::write_all_at;
 use crate::auth::{self, ClusterKey, Mode, SessionKeys};
+use crate::dirty::DirtyMap;
 use crate::error::{MirrorError, Result};
 use crate::wire::{self, Ack, AckKind, Op, ACK_LEN, WRITE_CHUNK};
 
@@ -46,7 +56,8 @@ pub struct Config {
     pub bind_addr: Option<String>,
 }
 
-/// An operation that was performed locally but not sent.
+/// An operation performed locally: what the tracking hook records, and what
+/// `on_unsent` is handed when it was not sent.
 pub enum Unsent<'a> {
     /// A write of `len` bytes at `offset`.
     Write {
@@ -70,7 +81,8 @@ pub struct Forwarder {
 struct Shared {
     mode: Mode,
     keys: SessionKeys,
-    stream: TcpStream,
+    /// None for a [`Forwarder::tracker`], which never had a link.
+    stream: Option<TcpStream>,
     send_timeout: Duration,
     capacity: usize,
     queue: Mutex<Queue>,
@@ -82,6 +94,13 @@ struct Shared {
     frames_sent: AtomicU64,
     bytes_sent: AtomicU64,
     unsent: AtomicU64,
+    tracking: Mutex<Option<Tracking>>,
+}
+
+/// The map the hook records into, and the map seq of this forwarder's seq 0.
+struct Tracking {
+    map: Arc<Mutex<DirtyMap>>,
+    base: u64,
 }
 
 struct Queue {
@@ -115,7 +134,7 @@ impl Forwarder {
         let shared = Arc::new(Shared {
             mode: cfg.mode,
             keys,
-            stream: stream.try_clone()?,
+            stream: Some(stream.try_clone()?),
             send_timeout: cfg.send_timeout,
             capacity: cfg.queue_bytes.max(1),
             queue: Mutex::new(Queue {
@@ -136,6 +155,7 @@ impl Forwarder {
             frames_sent: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
             unsent: AtomicU64::new(0),
+            tracking: Mutex::new(None),
         });
         let (s1, s2, reader) = (shared.clone(), shared.clone(), stream.try_clone()?);
         let sender = std::thread::Builder::new()
@@ -149,6 +169,68 @@ impl Forwarder {
             order: Mutex::new(()),
             threads: Mutex::new(vec![sender, acks]),
         })
+    }
+
+    /// A forwarder without a link (the ALONE replicator): `write` performs
+    /// the local `pwrite`, every operation is numbered and recorded into
+    /// `map` (continuing after its `last_seq`), and barriers return at once.
+    pub fn tracker(map: Arc<Mutex<DirtyMap>>) -> Forwarder {
+        let base = lock(&map).last_seq();
+        let shared = Arc::new(Shared {
+            mode: Mode::Second,
+            // Never used: a tracker sends nothing.
+            keys: SessionKeys {
+                frame: [0; 32],
+                ack: [0; 32],
+            },
+            stream: None,
+            send_timeout: Duration::ZERO,
+            capacity: 1,
+            queue: Mutex::new(Queue {
+                frames: VecDeque::new(),
+                bytes: 0,
+                last_seq: 0,
+                closing: true,
+            }),
+            has_work: Condvar::new(),
+            has_space: Condvar::new(),
+            link: Mutex::new(Link {
+                acked: 0,
+                flushed: 0,
+                error: Some("tracking only: no link".into()),
+            }),
+            link_changed: Condvar::new(),
+            connected: AtomicBool::new(false),
+            frames_sent: AtomicU64::new(0),
+            bytes_sent: AtomicU64::new(0),
+            unsent: AtomicU64::new(0),
+            tracking: Mutex::new(Some(Tracking { map, base })),
+        });
+        Forwarder {
+            shared,
+            order: Mutex::new(()),
+            threads: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Attaches `map` (or detaches with `None`): from the next operation on,
+    /// every operation is recorded into it as seq `map.last_seq() + seq`, and
+    /// `Flushed` acks confirm what they cover. Records the map held before
+    /// with seqs up to its `last_seq` are dropped by the first confirm: attach
+    /// an empty map (cleared after a full copy). Once this returns, no
+    /// operation is recorded into a detached map any more.
+    pub fn track(&self, map: Option<Arc<Mutex<DirtyMap>>>) {
+        let _order = lock(&self.order);
+        let tracking = map.map(|map| {
+            let base = lock(&map).last_seq();
+            Tracking { map, base }
+        });
+        *lock(&self.shared.tracking) = tracking;
+    }
+
+    /// Whether a map is attached.
+    pub fn tracking(&self) -> bool {
+        lock(&self.shared.tracking).is_some()
     }
 
     /// `pwrite`s `data` at `offset` on `fd`, then queues it for `path` with
@@ -210,6 +292,9 @@ impl Forwarder {
     /// without ack progress (which also declares the link down).
     pub fn barrier(&self, timeout: Option<Duration>) -> Result<()> {
         let s = &self.shared;
+        if s.stream.is_none() {
+            return Ok(()); // a tracker: nothing to wait for
+        }
         let target = {
             let _order = lock(&self.order);
             let last = lock(&s.queue).last_seq;
@@ -305,6 +390,7 @@ impl Forwarder {
             ("flushed_seq", flushed),
             ("unsent", s.unsent.load(Ordering::Relaxed)),
             ("connected", u64::from(s.connected.load(Ordering::SeqCst))),
+            ("tracking", u64::from(lock(&s.tracking).is_some())),
         ]
     }
 
@@ -337,14 +423,15 @@ impl Forwarder {
         ))
     }
 
-    /// Assigns the next seq and queues the frame `build` makes for it; the
+    /// Assigns the next seq, records the operation `what` describes into
+    /// the attached map, and queues the frame `build` makes for it; the
     /// caller holds `order`. Waits for room first; while the link is down,
-    /// only numbers the operation and hands it to `on_unsent`.
+    /// only numbers and records the operation and hands it to `on_unsent`.
     fn submit<'a>(
         &self,
         len: usize,
         build: impl FnOnce(u64) -> Vec<u8>,
-        unsent: impl FnOnce() -> Unsent<'a>,
+        what: impl FnOnce() -> Unsent<'a>,
     ) -> u64 {
         let s = &self.shared;
         let mut q = lock(&s.queue);
@@ -356,13 +443,15 @@ impl Forwarder {
         }
         q.last_seq += 1;
         let seq = q.last_seq;
-        if !s.connected.load(Ordering::SeqCst) || q.closing {
-            drop(q);
-            s.on_unsent(seq, &unsent());
+        let unsent = !s.connected.load(Ordering::SeqCst) || q.closing;
+        drop(q);
+        let what = what();
+        s.record(seq, &what);
+        if unsent {
+            s.on_unsent(seq, &what);
             return seq;
         }
         // Build outside the lock: `order` keeps seqs ours, the sender keeps draining.
-        drop(q);
         let frame = build(seq);
         let mut q = lock(&s.queue);
         if !s.connected.load(Ordering::SeqCst) {
@@ -384,13 +473,38 @@ impl Drop for Forwarder {
 }
 
 impl Shared {
-    /// Hook for operations performed locally but not replicated.
-    ///
-    /// TODO(dirty bitmaps): mark the written zone dirty / log the namespace
-    /// operation in `dirty.rs` so a resync can send it later. Today it counts.
+    /// Hook for operations performed locally but not replicated: counted
+    /// (they were already recorded into the map, if any, by `submit`).
     fn on_unsent(&self, seq: u64, what: &Unsent<'_>) {
         let _ = (seq, what);
         self.unsent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The tracking hook: records operation `seq` into the attached map. A
+    /// record that fails leaves the map incomplete, so it is then distrusted.
+    fn record(&self, seq: u64, what: &Unsent<'_>) {
+        let tracking = lock(&self.tracking);
+        let Some(t) = tracking.as_ref() else {
+            return;
+        };
+        let mut map = lock(&t.map);
+        let seq = t.base + seq;
+        let recorded = match what {
+            Unsent::Write { path, offset, len } => map.mark_write(path, *offset, *len, seq),
+            Unsent::Op(op) => map.record(op, seq),
+            // `submit` records every operation before framing it: never reached.
+            Unsent::Frame(_) => Ok(()),
+        };
+        if recorded.is_err() {
+            map.distrust();
+        }
+    }
+
+    /// The secondary has flushed everything up to `flushed`: the attached map forgets it.
+    fn confirm(&self, flushed: u64) {
+        if let Some(t) = lock(&self.tracking).as_ref() {
+            lock(&t.map).confirm(t.base + flushed);
+        }
     }
 
     /// What the mode's ack has covered so far.
@@ -460,6 +574,11 @@ impl Shared {
                             }
                         }
                         self.link_changed.notify_all();
+                        if ack.kind == AckKind::Flushed {
+                            let flushed = link.flushed;
+                            drop(link);
+                            self.confirm(flushed);
+                        }
                         continue;
                     }
                     Err(e) => format!("bad ack: {e}"),
@@ -478,7 +597,9 @@ impl Shared {
     fn fail(&self, why: &str) {
         if self.connected.swap(false, Ordering::SeqCst) {
             lock(&self.link).error = Some(why.to_owned());
-            let _ = self.stream.shutdown(Shutdown::Both);
+            if let Some(stream) = &self.stream {
+                let _ = stream.shutdown(Shutdown::Both);
+            }
         }
         let dropped: Vec<Vec<u8>> = {
             let mut q = lock(&self.queue);
@@ -543,4 +664,155 @@ fn dial(cfg: &Config) -> Result<TcpStream> {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::receive::Receiver;
+
+    const KEY: &[u8] = b"forwarder tracking test key";
+    const ZS: u64 = 4096;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("mirrorcore-fwd-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn map() -> Arc<Mutex<DirtyMap>> {
+        Arc::new(Mutex::new(DirtyMap::new(ZS).unwrap()))
+    }
+
+    fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting: {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn connect(port: u16, mode: Mode) -> Forwarder {
+        Forwarder::connect(&Config {
+            peer: "127.0.0.1".into(),
+            port,
+            key: KEY.to_vec(),
+            mode,
+            queue_bytes: 1 << 20,
+            send_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            bind_addr: None,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_tracker_writes_locally_and_records_everything_after_the_maps_last_seq() {
+        let dir = scratch("tracker");
+        let file = std::fs::File::create(dir.join("f")).unwrap();
+        let m = map();
+        lock(&m).mark_write(b"old", 0, 1, 41).unwrap();
+        let t = Forwarder::tracker(m.clone());
+        assert!(!t.connected() && t.tracking());
+        assert_eq!(
+            t.write(file.as_raw_fd(), Some(b"f"), 3 * ZS, b"abc")
+                .unwrap(),
+            3
+        );
+        assert_eq!(
+            std::fs::read(dir.join("f")).unwrap().len() as u64,
+            3 * ZS + 3
+        );
+        t.forward(&Op::Unlink {
+            path: b"old".to_vec(),
+        })
+        .unwrap();
+        t.barrier(Some(Duration::ZERO)).unwrap(); // nothing to wait for
+        t.write(file.as_raw_fd(), None, 0, b"x").unwrap(); // nameless: not recorded
+        let m = lock(&m);
+        assert_eq!(m.zones(b"f"), [(3 * ZS, ZS)]);
+        assert_eq!(m.runs(b"f"), [(3 * ZS, ZS, 42)]);
+        let log: Vec<_> = m.changelog().map(|r| (r.seq, r.kind.name())).collect();
+        assert_eq!(log, [(43, "unlink")]);
+        assert!(m.zones(b"old").is_empty() && m.clean());
+        assert_eq!(m.last_seq(), 43); // barriers and nameless writes take no seq here
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn flushed_acks_confirm_and_a_lost_link_leaves_what_was_not_flushed() {
+        let (src, dst) = (scratch("link-src"), scratch("link-dst"));
+        let rx = Receiver::start(&dst, "127.0.0.1", 0, KEY, 1 << 20).unwrap();
+        let fwd = connect(rx.port(), Mode::Second);
+        let file = std::fs::File::create(src.join("f")).unwrap();
+        fwd.forward(&Op::Create {
+            path: b"f".to_vec(),
+            mode: 0o644,
+            uid: u32::MAX,
+            gid: u32::MAX,
+        })
+        .unwrap();
+        // Before attaching: not recorded.
+        fwd.write(file.as_raw_fd(), Some(b"f"), 0, b"before")
+            .unwrap();
+        let m = map();
+        lock(&m).mark_write(b"seen", 0, 1, 7).unwrap();
+        lock(&m).clear();
+        fwd.track(Some(m.clone()));
+        fwd.write(file.as_raw_fd(), Some(b"f"), ZS, b"tracked")
+            .unwrap();
+        assert_eq!(lock(&m).runs(b"f"), [(ZS, ZS, 7 + 3)]);
+        fwd.barrier(None).unwrap();
+        rx.drain(Duration::from_secs(5)).unwrap();
+        wait_for("the flushed ack empties the map", || lock(&m).is_empty());
+        assert!(fwd.flushed_seq() >= 3);
+
+        rx.close();
+        wait_for("the link drops", || !fwd.connected());
+        fwd.write(file.as_raw_fd(), Some(b"f"), 5 * ZS, b"lost")
+            .unwrap();
+        fwd.forward(&Op::Mkdir {
+            path: b"d".to_vec(),
+            mode: 0o755,
+            uid: u32::MAX,
+            gid: u32::MAX,
+        })
+        .unwrap();
+        {
+            let m = lock(&m);
+            assert_eq!(m.zones(b"f"), [(5 * ZS, ZS)]);
+            let log: Vec<_> = m.changelog().map(|r| r.kind.name()).collect();
+            assert_eq!(log, ["mkdir"]);
+        }
+        // Detached: later operations are not recorded.
+        fwd.track(None);
+        assert!(!fwd.tracking());
+        fwd.write(file.as_raw_fd(), Some(b"g"), 0, b"x").unwrap();
+        assert!(lock(&m).zones(b"g").is_empty());
+        assert!(fwd.stats().contains(&("unsent", 3)));
+        fwd.close();
+        let _ = (std::fs::remove_dir_all(src), std::fs::remove_dir_all(dst));
+    }
+
+    #[test]
+    fn many_writes_to_the_same_zones_keep_the_map_small() {
+        let dir = scratch("small");
+        let file = std::fs::File::create(dir.join("f")).unwrap();
+        let m = map();
+        let t = Forwarder::tracker(m.clone());
+        lock(&m).set_horizon(Some(0));
+        for i in 0..10_000u64 {
+            t.write(file.as_raw_fd(), Some(b"f"), (i % 64) * 512, &[1; 512])
+                .unwrap();
+        }
+        let s = lock(&m).stats();
+        assert_eq!((s.files, s.zones, s.runs), (1, 8, 1));
+        assert!(s.memory_bytes < 4096, "{s:?}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

@@ -20,8 +20,8 @@
 //! - `beneath.rs`: resolving paths without leaving the root (`openat2`).
 //!
 //! - `dirty.rs` (+ `dirty/`): per-file zone runs and the namespace changelog of
-//!   what the secondary lacks, saved atomically; `DirtyMap` in Python. Not yet
-//!   fed by the forwarder's `on_unsent` hook.
+//!   what the secondary lacks, saved atomically; `DirtyMap` in Python. Fed by
+//!   the forwarder's tracking hook (`Forwarder::track`, `Forwarder::tracker`).
 //!
 //! Still to come: `extent.rs` (checksummed resync and verify).
 

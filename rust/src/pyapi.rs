@@ -7,9 +7,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use pyo3::prelude::*;
+use pyo3::types::PyType;
 
 use crate::auth::Mode;
 use crate::detached;
+use crate::dirty::PyDirtyMap;
 use crate::error::{MirrorError, Result};
 use crate::forward::{self, Config};
 use crate::receive;
@@ -50,6 +52,26 @@ impl Forwarder {
         };
         let inner = detached(py, || forward::Forwarder::connect(&cfg))?;
         Ok(Forwarder { inner })
+    }
+
+    /// A forwarder with no link, for ALONE: applies writes locally and records every operation into `dirty`.
+    #[classmethod]
+    fn tracker(_cls: &Bound<'_, PyType>, dirty: &Bound<'_, PyDirtyMap>) -> Self {
+        Forwarder {
+            inner: forward::Forwarder::tracker(dirty.get().shared()),
+        }
+    }
+
+    /// Records every later operation into `dirty` (None: stop recording); flushed acks confirm them.
+    #[pyo3(signature = (dirty))]
+    fn track(&self, py: Python<'_>, dirty: Option<PyRef<'_, PyDirtyMap>>) {
+        let map = dirty.map(|d| d.shared());
+        detached(py, || self.inner.track(map));
+    }
+
+    #[getter]
+    fn tracking(&self) -> bool {
+        self.inner.tracking()
     }
 
     /// `pwrite` locally, then queue the frame (with the file's new mtime) unless `path` is None;

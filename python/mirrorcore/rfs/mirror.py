@@ -48,6 +48,7 @@ class Mirror:
         self._workers: list[trio.Process] = []
         self._receivers: list[_native.Receiver] = []
         self.events: dict[str, Any] = {}
+        self.tracking: dict[str, dict[str, Any]] = {}  # primary: directory -> the worker's latest tracking stats
         self._on_change = on_change
         self._streaming: dict[str, bool] = {}  # primary: directory -> the secondary has its copy and follows
         self._read_only: list[Path] = []  # secondary: directories overmounted read-only for applications
@@ -57,6 +58,7 @@ class Mirror:
         """Mounts every replicated directory; returns once all are served."""
         await self.stop()
         self.role = "primary"
+        self.tracking = {}
         for index, replicated in enumerate(self.rfs.dirs):
             await trio.to_thread.run_sync(_prepare_dir, Path(replicated.dir))
             worker_log = self._worker_log()
@@ -89,6 +91,7 @@ class Mirror:
         """Listens for the primary on the flow LAN, one receiver per replicated directory."""
         await self.stop()
         self.role = "secondary"
+        self.tracking = {}
         local_addr, _ = self.config.lan_addrs(self.config.heart.flow_lan)
         for index, replicated in enumerate(self.rfs.dirs):
             await trio.to_thread.run_sync(_prepare_dir, Path(replicated.dir))
@@ -153,6 +156,9 @@ class Mirror:
         }
         if self._receivers:
             out["receivers"] = [r.stats() for r in self._receivers]
+        if self.tracking:
+            # What the secondary lacks, per directory (kept after a stop: what the saved map holds).
+            out["tracking"] = dict(self.tracking)
         return out
 
     async def _follow_worker(self, proc: trio.Process, dir: str, on_ready: Callable[[], None]) -> None:
@@ -167,7 +173,10 @@ class Mirror:
                 except ValueError:
                     continue
                 kind = event.pop("event", "?")
-                if kind == "ready":
+                if kind == "tracking":
+                    event.pop("dir", None)
+                    self.tracking[dir] = event
+                elif kind == "ready":
                     on_ready()
                     self.log.write(f"Replicated directory {dir} mounted", initiator="rfs")
                 elif kind == "synced":

@@ -155,11 +155,15 @@ async def _run(dir: Path, replicator: Replicator | None, filter: Filter, ackeach
 
 
 async def _run_module(module: str, index: int) -> None:
-    """Serves replicated directory `index` of `module` as its primary, replicating to the peer."""
+    """Serves replicated directory `index` of `module` as its primary, replicating to the peer.
+
+    Tracks what the secondary lacks in `<lib>/<module>/dirty-<index>.bin` (see rfs/primary.py):
+    loaded at start if present, saved with the clean flag after a clean stop (SIGTERM/SIGINT).
+    """
     from mirrorcore.config import load_module
     from mirrorcore.keys import load_key
     from mirrorcore.paths import Paths
-    from mirrorcore.rfs.primary import LinkSettings, keep_linked, report
+    from mirrorcore.rfs.primary import LinkSettings, Tracking, keep_linked, report, report_tracking
 
     paths = Paths.from_env()
     config = load_module(paths, module)
@@ -175,17 +179,29 @@ async def _run_module(module: str, index: int) -> None:
         bind_addr=local_addr,
     )
     filter = Filter.from_config(replicated)
+    tracking = Tracking(tracking_file(paths.state_dir(module), index), config.rfs.ruzone_blocksize)
+    if tracking.loaded:
+        trust = "trusted (clean stop)" if tracking.dirty.clean else "distrusted (the previous run did not stop cleanly)"
+        report("tracking_loaded", dir=replicated.dir, trusted=tracking.dirty.clean, detail=f"map {trust}")
     async with trio.open_nursery() as nursery:
         ops = await nursery.start(
-            functools.partial(serve, Path(replicated.dir), None, filter, ackeach=config.rfs.ackeach)
+            functools.partial(serve, Path(replicated.dir), tracking.tracker(), filter, ackeach=config.rfs.ackeach)
         )
         report("ready", dir=replicated.dir)
-        nursery.start_soon(keep_linked, ops, ops.root_fd, filter, settings)
+        nursery.start_soon(keep_linked, ops, ops.root_fd, filter, settings, tracking)
+        nursery.start_soon(report_tracking, tracking, replicated.dir)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
                 log.info("signal %d: unmounting", signum)
                 nursery.cancel_scope.cancel()
                 break
+    # Unmounted: no operation can come any more.
+    tracking.save_clean()
+
+
+def tracking_file(state_dir: Path, index: int) -> Path:
+    """Where replicated directory `index` keeps its tracking map."""
+    return state_dir / f"dirty-{index}.bin"
 
 
 def replication_port(base_port: int, index: int) -> int:

@@ -70,6 +70,10 @@ impl PyDirtyMap {
         self.map().clean()
     }
 
+    fn distrust(&self) {
+        self.map().distrust();
+    }
+
     #[getter]
     fn last_seq(&self) -> u64 {
         self.map().last_seq()
