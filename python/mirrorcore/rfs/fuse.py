@@ -6,7 +6,8 @@ opened. For each mutation the replicator is called right after the local operati
 with no `await` in between, so the order of forwarding is the order of local application.
 Writes go through `Replicator.write`, which does the pwrite itself (the hot path is native).
 
-Durability points (a barrier after the local fsync, both in threads): fsync, fdatasync and
+Durability points (the replication barrier, waited for in a thread while the local fsync runs inline;
+no thread at all when the barrier cannot block: no replicator, or no live link): fsync, fdatasync and
 fsyncdir; every write on an fd opened O_SYNC/O_DSYNC; every mutation when `ackeach`.
 
 Modification times: the secondary must end with the primary's st_mtime_ns on every replicated entry,
@@ -26,7 +27,9 @@ Cost outside the write path: one lstat and one extra frame per stamped entry (1 
 chmod/chown/xattrs change only ctime, which nothing can set: nothing to forward.
 
 Kernel side: no writeback cache (the daemon sees every write, in order); `default_permissions`
-(the kernel checks permissions, so `access` is never asked); no `fallocate`, `lseek` or
+(the kernel checks permissions, so `access` is never asked); no `flush` handler (close() is not a
+durability point: the kernel stops sending FLUSH after the first ENOSYS); the kernel's GETXATTR of
+security.capability before every write is answered from a per-node cache of absent names; no `fallocate`, `lseek` or
 `copy_file_range` handlers exist in pyfuse3 3.5, so fallocate(2) fails with EOPNOTSUPP
 (posix_fallocate falls back to writing zeros, which is forwarded), SEEK_HOLE/SEEK_DATA on the
 mount see the file as all data (holes are kept on both sides, st_blocks is passed through) and
@@ -50,9 +53,10 @@ import errno
 import logging
 import os
 import stat
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pyfuse3
 import trio
@@ -61,6 +65,9 @@ from pyfuse3 import FUSEError
 from mirrorcore.rfs.filters import Filter
 from mirrorcore.rfs.inodes import ROOT_INODE, InodeTable, Node
 from mirrorcore.rfs.replicator import Guard, Replicator
+
+if TYPE_CHECKING:
+    import outcome
 
 __all__ = ["MOUNT_OPTIONS", "MirrorFS"]
 
@@ -72,6 +79,13 @@ MOUNT_OPTIONS = frozenset({"allow_other", "default_permissions", "fsname=mirrorc
 _NOT_PASSED = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_TRUNC | os.O_APPEND | os.O_DIRECT
 _SYNC = os.O_SYNC | os.O_DSYNC  # O_SYNC includes the O_DSYNC bit on Linux
 _RENAME_EXCHANGE = 2  # linux/fs.h; RENAME_NOREPLACE = 1
+
+# Seconds the kernel may trust a name or attributes we handed it. Every change goes through us and
+# the kernel drops what our own operations invalidate (a directory's attributes after a create in
+# it, a file's after a write), so a long timeout is safe; a short one only makes the kernel ask
+# again (a LOOKUP before unlinking a file created more than that ago, a GETATTR before a permission
+# check). Only what the backing file system changes on its own (atime on reads) may show late.
+ATTR_TIMEOUT = 300.0
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
@@ -96,6 +110,31 @@ def _rel(path: bytes) -> bytes:
     return path or b"."
 
 
+def _start_in_thread(fn: Callable[[], object]) -> Callable[[], Awaitable[None]]:
+    """Starts `fn` in one of trio's cached threads; returns what awaits its end (call it exactly once).
+
+    `trio.to_thread.run_sync` costs about twice as much per call (capacity limiter, context copy,
+    cancellation plumbing); durability points wait this way, uncancellably, as to_thread would.
+    """
+    task = trio.lowlevel.current_task()
+    token = trio.lowlevel.current_trio_token()
+
+    def deliver(result: outcome.Outcome[object]) -> None:
+        token.run_sync_soon(trio.lowlevel.reschedule, task, result)
+
+    trio.lowlevel.start_thread_soon(fn, deliver)
+
+    async def wait() -> None:
+        await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.FAILED)
+
+    return wait
+
+
+async def _in_thread(fn: Callable[[], object]) -> None:
+    """Runs `fn` in a thread and waits for it (its exception propagates)."""
+    await _start_in_thread(fn)()
+
+
 @dataclass
 class _Handle:
     node: Node
@@ -118,7 +157,7 @@ class MirrorFS(pyfuse3.Operations):
         ackeach: every mutation is a durability point.
         on_lost: called when the replicator reports the secondary lost (see replicator.Guard).
         timeout: seconds the kernel may cache entries and attributes (every change goes through
-            us, so caching is safe).
+            us, so caching is safe; see `ATTR_TIMEOUT`).
     """
 
     enable_writeback_cache = False
@@ -133,7 +172,7 @@ class MirrorFS(pyfuse3.Operations):
         *,
         ackeach: bool = False,
         on_lost: Callable[[BaseException], None] | None = None,
-        timeout: float = 1.0,
+        timeout: float = ATTR_TIMEOUT,
     ) -> None:
         super().__init__()
         self._root = root_fd
@@ -253,24 +292,37 @@ class MirrorFS(pyfuse3.Operations):
     async def _ack(self) -> None:
         """With ackeach, every mutation waits for the secondary (a durability point)."""
         if self._ackeach:
-            await trio.to_thread.run_sync(self.guard.barrier)
+            await self._barrier()
+
+    async def _barrier(self) -> None:
+        """Waits for the replication barrier: in a thread, unless it cannot block."""
+        guard = self.guard
+        if guard.may_block():
+            await _in_thread(guard.barrier)
+        else:
+            guard.barrier()
 
     async def _durable(self, fd: int, datasync: bool) -> None:
-        """Local fsync and the replication barrier, in parallel threads."""
-        failed: list[OSError] = []
+        """Local fsync and the replication barrier, in parallel.
 
-        async def local() -> None:
-            try:
-                await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, fd)
-            except OSError as e:
-                failed.append(e)
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(local)
-            if self.guard.replicator is not None:
-                await trio.to_thread.run_sync(self.guard.barrier)
-        if failed:
-            raise FUSEError(failed[0].errno or errno.EIO) from failed[0]
+        The barrier waits in a thread (if it may block at all) while the local fsync runs inline:
+        one thread hop at most. Thread hops cost more than a fast fsync on this kind of machine,
+        and other requests only wait for the length of one fsync.
+        """
+        guard = self.guard
+        barrier = _start_in_thread(guard.barrier) if guard.may_block() else None
+        try:
+            (os.fdatasync if datasync else os.fsync)(fd)
+        except OSError as e:
+            failed: OSError | None = e
+        else:
+            failed = None
+        if barrier is not None:
+            await barrier()
+        else:
+            guard.barrier()  # a no-op, or returns at once (no link to wait for)
+        if failed is not None:
+            raise FUSEError(failed.errno or errno.EIO) from failed
 
     def _owner(self, parent_path: bytes, ctx: pyfuse3.RequestContext) -> tuple[int, int]:
         parent = self._lstat(parent_path)
@@ -324,8 +376,10 @@ class MirrorFS(pyfuse3.Operations):
 
     async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         path = self._child(parent_inode, name)
-        with _errors():
-            st = self._lstat(path)
+        try:
+            st = os.stat(path or b".", dir_fd=self._root, follow_symlinks=False)
+        except OSError as e:
+            raise FUSEError(e.errno or errno.EIO) from e
         return self._attr(st, self.inodes.learn(parent_inode, name, st).ino)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
@@ -333,8 +387,11 @@ class MirrorFS(pyfuse3.Operations):
             self.inodes.forget(ino, nlookup)
 
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        with _errors():
-            return self._attr(self._stat_ino(inode), inode)
+        try:
+            st = self._stat_ino(inode)
+        except OSError as e:
+            raise FUSEError(e.errno or errno.EIO) from e
+        return self._attr(st, inode)
 
     async def setattr(
         self,
@@ -582,23 +639,30 @@ class MirrorFS(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fd, keep_cache=True), self._attr(st, node.ino)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        with _errors():
+        try:
             return os.pread(fh, size, off)
+        except OSError as e:
+            raise FUSEError(e.errno or errno.EIO) from e
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         handle = self._handles[fh]
-        path = self.inodes.path(handle.node.ino)
-        with _errors():
+        guard = self.guard
+        try:
+            if guard.replicator is None:  # passthrough (or ALONE without tracking): the hot path
+                return os.pwrite(fh, buf, off)
+            path = self.inodes.path(handle.node.ino)
             if path is not None and not self.filter.replicated(path):
                 n = os.pwrite(fh, buf, off)
             else:
-                n = self.guard.write(fh, path, off, buf)
-        if (handle.sync or self._ackeach) and self.guard.replicator is not None:
-            await trio.to_thread.run_sync(self.guard.barrier)
+                n = guard.write(fh, path, off, buf)
+        except OSError as e:
+            raise FUSEError(e.errno or errno.EIO) from e
+        if handle.sync or self._ackeach:
+            await self._barrier()
         return n
 
-    async def flush(self, fh: int) -> None:
-        pass  # close() is not a durability point; writes were applied when they arrived
+    # No flush handler: close() is not a durability point (writes were applied when they arrived),
+    # and the ENOSYS of pyfuse3's default tells the kernel to stop sending FLUSH at every close.
 
     async def release(self, fh: int) -> None:
         handle = self._handles.pop(fh)
@@ -652,9 +716,18 @@ class MirrorFS(pyfuse3.Operations):
     # ----- extended attributes -------------------------------------------------------------
 
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        # The kernel asks for security.capability before every write (file_remove_privs): answer an
+        # absent name from the node's cache, with no syscall.
+        node = self.inodes.get(inode)
+        if name in node.no_xattrs:
+            raise FUSEError(errno.ENODATA)
         target, follow = self._xattr_target(inode)
-        with _errors():
+        try:
             return os.getxattr(target, name, follow_symlinks=follow)
+        except OSError as e:
+            if e.errno == errno.ENODATA:
+                node.no_xattrs.add(name)
+            raise FUSEError(e.errno or errno.EIO) from e
 
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
         target, follow = self._xattr_target(inode)
@@ -664,6 +737,7 @@ class MirrorFS(pyfuse3.Operations):
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
         # pyfuse3 checks XATTR_CREATE/XATTR_REPLACE itself (with getxattr) and drops the flag.
         node = self.inodes.get(inode)
+        node.no_xattrs.clear()
         target, follow = self._xattr_target(inode)
         with _errors():
             os.setxattr(target, name, value, 0, follow_symlinks=follow)
@@ -672,6 +746,7 @@ class MirrorFS(pyfuse3.Operations):
 
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         node = self.inodes.get(inode)
+        node.no_xattrs.clear()
         target, follow = self._xattr_target(inode)
         with _errors():
             os.removexattr(target, name, follow_symlinks=follow)

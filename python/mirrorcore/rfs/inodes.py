@@ -36,6 +36,9 @@ class Node:
     lookups: int = 0
     opens: int = 0
     children: int = 0  # known dentries in this directory
+    # xattr names getxattr found absent, answered without a syscall until a setxattr/removexattr on this
+    # node (every change goes through us; a new file, even on a reused inode number, gets a new node).
+    no_xattrs: set[bytes] = field(default_factory=set)
 
     @property
     def is_dir(self) -> bool:

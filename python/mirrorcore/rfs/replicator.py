@@ -89,6 +89,15 @@ class Guard:
             self._lost(e)
             return os.pwrite(fd, data, offset)
 
+    def may_block(self) -> bool:
+        """Whether `barrier` may have to wait (False: it returns at once, no need for a thread).
+
+        False without a replicator, and for one with no live link (`connected` False: a link-less
+        tracker, or a forwarder whose link dropped, whose barrier fails at once).
+        """
+        replicator = self.replicator
+        return replicator is not None and getattr(replicator, "connected", True)
+
     def barrier(self) -> None:
         """Waits for the secondary's acknowledgement of everything forwarded so far (blocking)."""
         if self.replicator is None:
