@@ -30,6 +30,9 @@ from mirrorcore.vip import VipManager
 #: Commands the state machine decides on; everything else the daemon answers itself.
 FSM_COMMANDS = ("prim", "second", "start", "stop", "restart", "stopstart", "swap", "primforce", "resetloop")
 
+#: How long a new daemon waits for the previous one (just stopped) to release the module.
+LOCK_WAIT_SECONDS = 10.0
+
 #: How long a stopping daemon keeps announcing STOP so the peer reacts at once.
 ANNOUNCE_STOP_SECONDS = 1.0
 
@@ -278,7 +281,9 @@ class Daemon:
         self.heart.kick()
         await trio.sleep(min(ANNOUNCE_STOP_SECONDS, 3 * self.config.heart.pulse))
         assert self._nursery is not None
-        self._nursery.cancel_scope.cancel()
+        # A command that arrived meanwhile (a `start` right after the `stop`) keeps us running.
+        if self.node.state is fsm.State.STOP:
+            self._nursery.cancel_scope.cancel()
 
     def _set_failover(self, on: bool, initiator: str | None) -> control.Reply:
         self.settings = replace(self.settings, failover=on)
@@ -349,12 +354,21 @@ class _single_instance:
     def __enter__(self) -> None:
         os.makedirs(os.path.dirname(self.pidfile), exist_ok=True)
         self.fd = os.open(self.pidfile, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            other = os.read(self.fd, 32).decode().strip() or "?"
-            os.close(self.fd)
-            raise RuntimeError(f"the module's daemon already runs (pid {other}); use `mirrorctl stop` first") from None
+        # A daemon that was just stopped may still be unmounting and closing: give it a moment.
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.1)
+                    continue
+                other = os.read(self.fd, 32).decode().strip() or "?"
+                os.close(self.fd)
+                raise RuntimeError(
+                    f"the module's daemon already runs (pid {other}); use `mirrorctl stop` first"
+                ) from None
         os.ftruncate(self.fd, 0)
         os.write(self.fd, f"{os.getpid()}\n".encode())
 
