@@ -9,14 +9,13 @@ modification time for modification time.
 from __future__ import annotations
 
 import os
-import socket
 import stat
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from valve import Valve
 
 from mirrorcore._native import Forwarder, Receiver
 
@@ -243,53 +242,6 @@ def test_every_operation_is_replicated_exactly(primary: Primary, receiver: Recei
     stats = receiver.stats()
     assert stats["applied_seq"] == stats["flushed_seq"] == stats["received_seq"] >= seqs[-1]
     assert stats["frames_rejected"] == stats["auth_failures"] == stats["apply_errors"] == 0
-
-
-class Valve:
-    """A loopback relay from a Forwarder to a Receiver whose forward direction can be held shut.
-
-    What the primary sends while it is shut reaches the secondary later, as over a slow link: the
-    secondary's clock has moved on when it applies, so only replicated times can match the primary's.
-    """
-
-    def __init__(self, upstream_port: int) -> None:
-        self.port_to = upstream_port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self.listener.getsockname()[1]
-        self.flowing = threading.Event()
-        self.flowing.set()
-        self.sockets: list[socket.socket] = [self.listener]
-        self.threads = [threading.Thread(target=self._accept, daemon=True)]
-        self.threads[0].start()
-
-    def _accept(self) -> None:
-        try:
-            down, _ = self.listener.accept()
-            up = socket.create_connection(("127.0.0.1", self.port_to))
-        except OSError:
-            return
-        self.sockets += [down, up]
-        for src, dst, gated in [(down, up, True), (up, down, False)]:
-            t = threading.Thread(target=self._relay, args=(src, dst, gated), daemon=True)
-            t.start()
-            self.threads.append(t)
-
-    def _relay(self, src: socket.socket, dst: socket.socket, gated: bool) -> None:
-        try:
-            while data := src.recv(1 << 16):
-                if gated:
-                    self.flowing.wait()
-                dst.sendall(data)
-            dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-
-    def close(self) -> None:
-        self.flowing.set()
-        for sock in self.sockets:
-            sock.close()
-        for t in self.threads:
-            t.join(10)
 
 
 def test_the_secondary_ends_with_the_primary_s_modification_times(receiver: Receiver, roots: tuple[Path, Path]):

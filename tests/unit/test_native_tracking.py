@@ -8,16 +8,14 @@ operation. `Forwarder.tracker` is the link-less replicator the worker uses while
 
 from __future__ import annotations
 
-import contextlib
 import os
-import socket
 import stat
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from valve import Valve
 
 from mirrorcore._native import DirtyMap, Forwarder, Receiver
 from mirrorcore.rfs.primary import Tracking
@@ -31,53 +29,6 @@ def wait_for(what: str, cond: Callable[[], bool], timeout: float = 10.0) -> None
     while not cond():
         assert time.monotonic() < deadline, f"timed out waiting: {what}"
         time.sleep(0.01)
-
-
-class Valve:
-    """A TCP relay whose primary-to-secondary direction can be held shut (nothing reaches the secondary)."""
-
-    def __init__(self, upstream_port: int) -> None:
-        self.port_to = upstream_port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self.listener.getsockname()[1]
-        self.flowing = threading.Event()
-        self.flowing.set()
-        self.sockets: list[socket.socket] = [self.listener]
-        self.threads = [threading.Thread(target=self._accept, daemon=True)]
-        self.threads[0].start()
-
-    def _accept(self) -> None:
-        try:
-            down, _ = self.listener.accept()
-            up = socket.create_connection(("127.0.0.1", self.port_to))
-        except OSError:
-            return
-        self.sockets += [down, up]
-        for src, dst, gated in [(down, up, True), (up, down, False)]:
-            t = threading.Thread(target=self._relay, args=(src, dst, gated), daemon=True)
-            t.start()
-            self.threads.append(t)
-
-    def _relay(self, src: socket.socket, dst: socket.socket, gated: bool) -> None:
-        try:
-            while data := src.recv(1 << 16):
-                if gated:
-                    self.flowing.wait()
-                dst.sendall(data)
-            dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-
-    def close(self) -> None:
-        """Cuts both connections at once (shutdown wakes the relays blocked in recv; close alone would not)."""
-        for sock in self.sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        self.flowing.set()
-        for sock in self.sockets:
-            sock.close()
-        for t in self.threads:
-            t.join(10)
 
 
 @pytest.fixture
