@@ -8,12 +8,14 @@ boot, module new, cluster genkey, demo) work directly on the files.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -106,10 +108,22 @@ def _ensure_daemon(name: str) -> None:
     deadline = time.monotonic() + DAEMON_START_SECONDS
     while not control.is_running(paths.socket(name)):
         if proc.poll() is not None:
-            raise CliError(f"the daemon of {name} exited with code {proc.returncode}; see {log_dir / 'daemon.log'}")
+            last = _last_line(log_dir / "daemon.log")
+            raise CliError(
+                f"the daemon of {name} exited with code {proc.returncode}: {last} (see {log_dir / 'daemon.log'})"
+            )
         if time.monotonic() > deadline:
             raise CliError(f"the daemon of {name} did not start within {DAEMON_START_SECONDS:.0f}s")
         time.sleep(0.05)
+
+
+def _last_line(path: Path) -> str:
+    """The last non-empty line of a log, where a dying daemon says why."""
+    try:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "no log"
+    return lines[-1] if lines else "no output"
 
 
 def _report(reply: control.Reply) -> None:
@@ -315,6 +329,18 @@ def daemon(module: str | None, initiator: str | None, exit_on_stop: bool, start_
         trio.run(Daemon(paths, config, key, exit_on_stop=exit_on_stop).run, "start" if start_now else None)
     except RuntimeError as exc:
         raise CliError(str(exc)) from None
+    except BaseExceptionGroup as group:
+        in_use = group.subgroup(lambda e: isinstance(e, OSError) and e.errno == errno.EADDRINUSE)
+        if in_use is None:
+            raise
+        leaf: BaseException = in_use
+        while isinstance(leaf, BaseExceptionGroup):
+            leaf = leaf.exceptions[0]
+        raise CliError(
+            f"a port of module {name} is already in use on this node ({leaf}): it uses TCP "
+            f"{config.port} (HTTP), UDP {config.port} (heartbeats) and TCP {config.port + 1}+ (replication); "
+            f"stop what holds it, or choose another <service port> in {paths.userconfig(name)}"
+        ) from None
 
 
 # ---- configuration --------------------------------------------------------------------------

@@ -6,6 +6,7 @@ with the demo module: heartbeats every 200 ms, timeout 2 s.
 
 from __future__ import annotations
 
+import sys
 import time
 
 import pytest
@@ -32,8 +33,6 @@ def http_status(cluster: DemoCluster, node: str, path: str) -> int:
 
 
 def _client_get(cluster: DemoCluster, url: str) -> tuple[int, str, str]:
-    import sys
-
     result = cluster.lab.exec("client", [sys.executable, "-m", "mirrorcore.demoapp", "get", url], check=False)
     code, served_by, body = ([*result.stdout.strip().split(" ", 2), "", ""])[:3]
     return int(code or 0), served_by, body
@@ -198,3 +197,21 @@ def test_a_not_uptodate_node_waits_until_primforce(lab):
     cluster.ctl("node2", "primforce", check=True)
     cluster.wait_for("node2", "ALONE", timeout=15)
     assert cluster.client("get", "/")[:2] == (200, "node2")
+
+
+def test_a_port_already_taken_is_named_with_the_fix(lab):
+    cluster = DemoCluster(lab)
+    cluster.install()
+    squatter = lab.popen(
+        "node1", [sys.executable, "-m", "http.server", "9010", "--bind", "0.0.0.0"], stdout=-3, stderr=-3
+    )
+    try:
+        time.sleep(1)
+        refused = cluster.ctl("node1", "prim")
+        assert refused.returncode != 0
+        assert "Address already in use" in refused.stderr
+        assert "<service port>" in refused.stderr
+        assert cluster.state("node1")["state"] == "STOP"
+    finally:
+        squatter.kill()
+        squatter.wait()
