@@ -15,11 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from valve import Valve
+from linkkit import KEY, Valve
 
 from mirrorcore._native import Forwarder, Receiver
 
-KEY = b"cluster key for the native link tests"
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 FALLOC_FL_KEEP_SIZE = 1
@@ -165,23 +164,6 @@ def snapshot(root: Path) -> dict[str, tuple[object, ...]]:
                 xattrs,
             )
     return tree
-
-
-@pytest.fixture
-def roots(tmp_path: Path) -> tuple[Path, Path]:
-    primary, secondary = tmp_path / "primary", tmp_path / "secondary"
-    primary.mkdir()
-    secondary.mkdir()
-    return primary, secondary
-
-
-@pytest.fixture
-def receiver(roots: tuple[Path, Path]) -> Iterator[Receiver]:
-    rx = Receiver(str(roots[1]), "127.0.0.1", 0, KEY)
-    try:
-        yield rx
-    finally:
-        rx.close()
 
 
 def connect(rx: Receiver, mode: str = "second", **kwargs: float) -> Forwarder:

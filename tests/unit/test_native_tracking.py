@@ -11,16 +11,15 @@ from __future__ import annotations
 import os
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from valve import Valve
+from linkkit import KEY, Valve
 
 from mirrorcore._native import DirtyMap, Forwarder, Receiver
 from mirrorcore.rfs.primary import Tracking
 
-KEY = b"cluster key for the tracking tests"
 ZS = 4096
 
 
@@ -29,23 +28,6 @@ def wait_for(what: str, cond: Callable[[], bool], timeout: float = 10.0) -> None
     while not cond():
         assert time.monotonic() < deadline, f"timed out waiting: {what}"
         time.sleep(0.01)
-
-
-@pytest.fixture
-def roots(tmp_path: Path) -> tuple[Path, Path]:
-    prim, sec = tmp_path / "primary", tmp_path / "secondary"
-    prim.mkdir()
-    sec.mkdir()
-    return prim, sec
-
-
-@pytest.fixture
-def receiver(roots: tuple[Path, Path]) -> Iterator[Receiver]:
-    rx = Receiver(str(roots[1]), "127.0.0.1", 0, KEY)
-    try:
-        yield rx
-    finally:
-        rx.close()
 
 
 def create(root: Path, fwd: Forwarder, rel: bytes) -> None:

@@ -1,7 +1,9 @@
-"""A loopback TCP relay between a Forwarder and a Receiver whose forward direction can be held shut.
+"""Shared by the native link tests: the cluster key of their loopback links, and `Valve`.
 
-What the primary sends while it is shut reaches the secondary later, as over a slow link (or never,
-if the relay is closed first): used to test replicated times and tracking of unacknowledged writes.
+`Valve` is a loopback TCP relay between a Forwarder and a Receiver whose forward direction can be
+held shut. What the primary sends while it is shut reaches the secondary later, as over a slow link
+(or never, if the relay is closed first): used to test replicated times and tracking of
+unacknowledged writes. The `roots` and `receiver` fixtures are in conftest.py.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+
+KEY = b"cluster key for the native link tests"
 
 
 class Valve:
