@@ -95,7 +95,10 @@ def after_script(s: Settings, node: Node, ev: ScriptDone) -> Step:
         return run(n, "start_prim", n.state, "restart", Goal.RESTART, "restarting the application (start_prim)")
     if g is Goal.RESTART or n.stop_pending:
         n = n.but(goal=Goal.STOP, final_reason=STOPPED, stop_exit=True)
-    return finish_stop(n.but(final_reason=n.final_reason + note), f"stopping: running poststop{note}")
+    final = n.final_reason + note
+    # Name why it stops while poststop runs: STOP is red from here on, and a watcher that sees it
+    # should already read the cause (maxloop, a failed start...), not a generic "stopping".
+    return finish_stop(n.but(final_reason=final), f"{final or STOPPED} (running poststop)")
 
 
 def _abort(node: Node, final: str) -> Step:
