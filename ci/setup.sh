@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-apt_packages=(fuse3 libfuse3-dev pkg-config iproute2 procps psmisc util-linux iputils-ping)
+apt_packages=(fuse3 libfuse3-dev pkg-config iproute2 procps psmisc util-linux iputils-ping rsync)
 missing=()
 for pkg in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
