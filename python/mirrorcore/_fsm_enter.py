@@ -62,7 +62,7 @@ def wait(node: Node, color: Color, reason: str, phase: Phase = Phase.LISTEN) -> 
 
 def begin_start(node: Node, role: Role, fullsync: bool, reason: str) -> Step:
     """STOP -> WAIT: run prestart, then listen for the peer."""
-    n = node.but(state=State.WAIT, color=Color.ORANGE, role=role, fullsync=fullsync, resync_error=None)
+    n = node.but(state=State.WAIT, color=Color.ORANGE, role=role, fullsync=fullsync, resync_error=None, wait_rules=())
     return run(n, "prestart", State.WAIT, "start", Goal.START, reason, current=node.state)
 
 
@@ -148,19 +148,23 @@ def begin_stepdown(node: Node, reason: str) -> Step:
     return run(node.but(color=Color.ORANGE, role=Role.START), "stop_prim", State.SECOND, "stop", Goal.STEPDOWN, reason)
 
 
-def finish_stop(node: Node, reason: str) -> Step:
+def finish_stop(node: Node, reason: str, *, into: State = State.STOP) -> Step:
     """The stop script (if any) is done: drop the VIP and the mirror, persist, then run poststop.
 
     A primary that stops while its peer is a ready secondary persists "not uptodate": the secondary
-    takes over and gets newer writes, so this copy must not start on its own next time.
+    takes over and gets newer writes, so this copy must not start on its own next time. A stop that
+    knows better (the peer was lost meanwhile) says so in `final_uptodate`. `into` is the state shown
+    while poststop runs: WAIT for a stop that waits afterwards, so nobody reads it as stopped.
     """
     before: list[Action] = []
     n = node
     if node.state in PRIMARIES:
-        keep = not (node.peer is not None and node.peer.ready_second)
+        keep = node.final_uptodate
+        if keep is None:
+            keep = not (node.peer is not None and node.peer.ready_second)
         n = n.but(uptodate=keep, primary_since=None)
         before = [UnsetVip(), StopMirror(), SaveDurable(keep, node.generation)]
     elif node.state is State.SECOND:
         before = [StopMirror()]
-    n = n.but(state=State.STOP, color=Color.RED)
+    n = n.but(state=into, color=Color.RED, final_uptodate=None)
     return run(n, "poststop", State.STOP, "stop", node.goal, reason, *before, current=node.state)

@@ -61,7 +61,7 @@ def after_script(s: Settings, node: Node, ev: ScriptDone) -> Step:
     n = node.but(phase=Phase.IDLE, script=None)
     g, sc = n.goal, ev.script
     if sc == "poststop":
-        return _after_poststop(n, ev)
+        return _after_poststop(s, n, ev)
     if g is Goal.START:
         if not ev.ok:
             final = f"prestart failed: {ev.detail}; fix the cause, then `mirrorctl start`"
@@ -98,7 +98,8 @@ def after_script(s: Settings, node: Node, ev: ScriptDone) -> Step:
     final = n.final_reason + note
     # Name why it stops while poststop runs: STOP is red from here on, and a watcher that sees it
     # should already read the cause (maxloop, a failed start...), not a generic "stopping".
-    return finish_stop(n.but(final_reason=final), f"{final or STOPPED} (running poststop)")
+    into = State.WAIT if n.goal in _WAITING_GOALS else State.STOP
+    return finish_stop(n.but(final_reason=final), f"{final or STOPPED} (running poststop)", into=into)
 
 
 def _abort(node: Node, final: str) -> Step:
@@ -106,10 +107,12 @@ def _abort(node: Node, final: str) -> Step:
     return begin_stop(node, Goal.STOP, f"{final} (cleaning up)", final, exit_=node.stop_pending)
 
 
-def _after_poststop(node: Node, ev: ScriptDone) -> Step:
+def _after_poststop(s: Settings, node: Node, ev: ScriptDone) -> Step:
     if node.goal is Goal.STOPSTART and not node.stop_pending:
         n = node.but(state=State.STOP, color=Color.RED, primary_since=None)
         return begin_start(n, Role.START, False, "stopstart: stopped; starting again (prestart)")
+    if node.goal in _WAITING_GOALS and not node.stop_pending:
+        return _after_wait_stop(s, node)
     note = "" if ev.ok or node.goal is Goal.START else f" (poststop failed: {ev.detail})"
     exit_ = node.stop_exit or node.stop_pending
     n = node.but(
@@ -124,6 +127,21 @@ def _after_poststop(node: Node, ev: ScriptDone) -> Step:
         final_reason="",
     )
     return out(n, Exit()) if exit_ else out(n)
+
+
+_WAITING_GOALS = (Goal.WAIT, Goal.ISOLATE)
+
+
+def _after_wait_stop(s: Settings, node: Node) -> Step:
+    """The application is stopped for a rule's wait() or a lost witness: wait, unless it is over already."""
+    n = node.but(state=State.WAIT, color=Color.RED, goal=Goal.NONE, primary_since=None, final_reason="")
+    if node.goal is Goal.WAIT:
+        if not n.wait_rules:
+            return begin_start(n, Role.START, False, "the rule that asked to wait no longer holds: starting again")
+        return out(n.but(phase=Phase.RESOURCE, reason=node.final_reason))
+    if n.peer is not None:
+        return decide(s, n.but(phase=Phase.LISTEN, role=Role.START))
+    return out(n.but(phase=Phase.ISOLATED, reason=node.final_reason))
 
 
 def _after_stepdown(s: Settings, node: Node, note: str) -> Step:

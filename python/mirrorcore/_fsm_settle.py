@@ -29,7 +29,9 @@ from mirrorcore._fsm_types import (
     Step,
     StopMirror,
 )
+from mirrorcore._fsm_watch import isolate_primary, isolate_second, isolate_waiting
 
+_WITNESS_OK = " and the split-brain witness answers from here"
 _FORCE_HINT = "run `mirrorctl primforce` to start here anyway, losing {peer}'s newer data"
 
 
@@ -77,6 +79,8 @@ def _decide_alone(s: Settings, node: Node) -> Step:
         return refuse_start(s, node, "not uptodate: " + _FORCE_HINT.format(peer=s.peer))
     if node.role is Role.SECOND:
         return wait(node, Color.RED, f"no primary: waiting for {s.peer} to start as primary")
+    if node.witness is False:
+        return isolate_waiting(s, node)
     if node.uptodate:
         return become_alone(node, f"{gone} and the data here is uptodate")
     return wait(node, Color.RED, _not_uptodate(s, node))
@@ -116,9 +120,10 @@ def settle_primary(s: Settings, node: Node, now: float) -> Step:
     """An idle ALONE/PRIM green node: follow the peer (PRIM/ALONE, split brain, defaultprim)."""
     p = node.peer
     if p is None:
-        return out(
-            node.but(state=State.ALONE, reason=f"running alone: {s.peer} is not heard; it catches up when it returns")
-        )
+        if node.witness is False:
+            return isolate_primary(s, node)
+        heard = f"{s.peer} is not heard{_WITNESS_OK if node.witness else ''}"
+        return out(node.but(state=State.ALONE, reason=f"running alone: {heard}; it catches up when it returns"))
     if p.primary:
         return _split_brain(s, node, p)
     if p.ready_second:
@@ -160,6 +165,10 @@ def settle_second(s: Settings, node: Node) -> Step:
         n = node.but(state=State.WAIT, color=Color.RED, phase=Phase.LISTEN, resyncing=False, uptodate=False)
         why = f"{lost} before the resync finished: not uptodate; waiting for it, or " + _FORCE_HINT.format(peer=s.peer)
         return out(n.but(reason=why), StopMirror())
+    if p is None and node.witness is False:
+        return isolate_second(s, node)
+    if p is None and node.witness:
+        lost += _WITNESS_OK
     if s.failover:
         return become_alone(node, f"{lost}: failing over")
     # Our copy equals what the primary had when it stopped: persist it so a later `prim` here loses nothing.

@@ -46,6 +46,8 @@ class Phase(StrEnum):
     LISTEN = "listen"  # WAIT: re-decides on every peer event
     HELD = "held"  # WAIT red after losing the primary with failover off: only a returning peer unblocks
     BLOCKED = "blocked"  # WAIT red after a failed resync: only an admin command unblocks
+    RESOURCE = "resource"  # WAIT red after a rule's wait(): starts again once every such rule clears
+    ISOLATED = "isolated"  # WAIT red: every heartbeat lost and the witness unreachable; decides once the peer is heard
 
 
 class Goal(StrEnum):
@@ -59,6 +61,8 @@ class Goal(StrEnum):
     RESTART = "restart"  # stop_prim then start_prim
     STOPSTART = "stopstart"  # the stop sequence, then the start sequence with role START
     STEPDOWN = "stepdown"  # split-brain loser: stop_prim, then SECOND
+    WAIT = "wait"  # a rule's wait(): the stop sequence, then WAIT red until the rule clears
+    ISOLATE = "isolate"  # peer and witness lost: the stop sequence, then WAIT red until the peer is heard
 
 
 PRIMARIES = (State.ALONE, State.PRIM)
@@ -128,6 +132,9 @@ class Node:
     final_reason: str = ""  # the reason the stop under way will leave in STOP
     resyncing: bool = False
     resync_error: str | None = None
+    wait_rules: tuple[str, ...] = ()  # rules whose wait() holds the module in WAIT (Phase.RESOURCE)
+    witness: bool | None = None  # the split-brain witness answered at the last loss of the peer (None: not asked)
+    final_uptodate: bool | None = None  # what the stop under way persists as uptodate (None: from the peer's view)
 
     @classmethod
     def initial(cls, uptodate: bool, generation: int) -> Node:
@@ -155,12 +162,17 @@ class Node:
 
 @dataclass(frozen=True)
 class Command:
-    """A `mirrorctl` command. `initiator` is `-i NAME` (a script or checker); None means an admin."""
+    """A `mirrorctl` command. `initiator` is `-i NAME` (a script or checker); None means an admin.
+
+    A failover rule's action arrives as a command too, with the rule's label as initiator and in
+    `detail` the sentence that says why it fired (it starts the reason the user reads).
+    """
 
     name: str
     now: float
     initiator: str | None = None
     fullsync: bool = False
+    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -173,8 +185,21 @@ class PeerSeen:
 
 @dataclass(frozen=True)
 class PeerLost:
-    """Every heartbeat LAN timed out, or none was heard within the timeout after the daemon started."""
+    """Every heartbeat LAN timed out, or none was heard within the timeout after the daemon started.
 
+    `witness` is whether this node reached the split-brain witness then (None: no witness configured).
+    """
+
+    now: float
+    witness: bool | None = None
+
+
+@dataclass(frozen=True)
+class RuleCleared:
+    """A failover rule whose action fired no longer holds (for `handle_time`): a `wait()` it caused may end."""
+
+    rule: str
+    reason: str
     now: float
 
 
@@ -197,7 +222,7 @@ class ResyncDone:
     now: float
 
 
-Event = Command | PeerSeen | PeerLost | ScriptDone | ResyncDone
+Event = Command | PeerSeen | PeerLost | ScriptDone | ResyncDone | RuleCleared
 
 
 # Actions: the daemon executes them in order.

@@ -30,6 +30,7 @@ from mirrorcore._fsm_types import (
     Phase,
     ResyncDone,
     Role,
+    RuleCleared,
     RunScript,
     SaveDurable,
     ScriptDone,
@@ -42,6 +43,7 @@ from mirrorcore._fsm_types import (
     StopMirror,
     UnsetVip,
 )
+from mirrorcore._fsm_watch import also_wait, begin_wait, rule_cleared, stop_waiting
 
 __all__ = [
     "COMMANDS",
@@ -59,6 +61,7 @@ __all__ = [
     "Phase",
     "ResyncDone",
     "Role",
+    "RuleCleared",
     "RunScript",
     "SaveDurable",
     "ScriptDone",
@@ -77,16 +80,19 @@ __all__ = [
 ]
 
 _START_ROLES = {"start": Role.START, "prim": Role.PRIM, "second": Role.SECOND, "primforce": Role.PRIMFORCE}
-COMMANDS = (*_START_ROLES, "stop", "restart", "stopstart", "swap", "resetloop")
+COMMANDS = (*_START_ROLES, "stop", "restart", "stopstart", "swap", "resetloop", "wait")
 # Actions a script or checker may repeat in a loop; `maxloop` bounds them.
-_COUNTED = ("restart", "stopstart", "swap")
+_COUNTED = ("restart", "stopstart", "swap", "wait")
+# WAIT phases a start command leaves at once (prestart again): the application is stopped, poststop ran.
+_WAITING = (Phase.RESOURCE, Phase.ISOLATED)
 # Internal initiator for the automatic hand-back to defaultprim: not a loop, and not an admin.
 DEFAULTPRIM_INITIATOR = "defaultprim"
 
 
 def is_primary(node: Node) -> bool:
     """True when the node runs (or is starting) the application and is not stepping down or stopping."""
-    return node.state in PRIMARIES and node.goal not in (Goal.STOP, Goal.STOPSTART, Goal.STEPDOWN)
+    leaving = (Goal.STOP, Goal.STOPSTART, Goal.STEPDOWN, Goal.WAIT, Goal.ISOLATE)
+    return node.state in PRIMARIES and node.goal not in leaving
 
 
 def step(settings: Settings, node: Node, event: Event) -> Step:
@@ -105,14 +111,16 @@ def step(settings: Settings, node: Node, event: Event) -> Step:
             return _command(settings, node, event)
         case PeerSeen(peer=peer):
             if _primary_stopped_mirroring(node, peer):
-                return _mirror_broken(settings, node.but(peer=peer, peer_lost=False))
-            return _on_peer(settings, node.but(peer=peer, peer_lost=False), event.now)
-        case PeerLost():
-            return _on_peer(settings, node.but(peer=None, peer_lost=True), event.now)
+                return _mirror_broken(settings, node.but(peer=peer, peer_lost=False, witness=None))
+            return _on_peer(settings, node.but(peer=peer, peer_lost=False, witness=None), event.now)
+        case PeerLost(witness=witness):
+            return _on_peer(settings, node.but(peer=None, peer_lost=True, witness=witness), event.now)
         case ScriptDone():
             return after_script(settings, node, event)
         case ResyncDone():
             return resync_done(settings, node, event)
+        case RuleCleared():
+            return rule_cleared(node, event)
 
 
 def _on_peer(s: Settings, n: Node, now: float) -> Step:
@@ -121,6 +129,8 @@ def _on_peer(s: Settings, n: Node, now: float) -> Step:
     if n.state is State.WAIT:
         if n.phase is Phase.LISTEN:
             return decide(s, n)
+        if n.phase is Phase.ISOLATED and n.peer is not None:
+            return decide(s, n.but(phase=Phase.LISTEN, role=Role.START))
         p = n.peer
         # HELD (failover off) re-decides only when the peer is back as primary or is starting: a
         # stopped or silent peer is exactly what put us here.
@@ -175,6 +185,8 @@ def _command(s: Settings, node: Node, c: Command) -> Step:
         return _refuse(node, f"unknown command {c.name!r}: use one of {', '.join(COMMANDS)}")
     if node.phase is Phase.SCRIPT and c.name != "stop":
         return _refuse(node, f"busy running {node.script}; try again when it finishes")
+    if c.name == "wait" and node.phase is Phase.RESOURCE:
+        return also_wait(node, c.initiator or "admin", c.detail)  # nothing runs: not a loop
     st = _accepted(s, node, c)
     if st.refused is not None:
         return st
@@ -218,7 +230,7 @@ def _accepted(s: Settings, node: Node, c: Command) -> Step:
                 f"not uptodate: {s.peer} has newer data; start {s.peer} first, or run `mirrorctl primforce` "
                 f"to start here anyway, losing {s.peer}'s newer data",
             )
-        if state is State.STOP:
+        if state is State.STOP or node.phase in _WAITING:
             return begin_start(node, role, c.fullsync, f"starting with `{name}`: running prestart")
         if state is State.WAIT and name != "start":
             # A waiting node may be told what to be; it then decides again at once.
@@ -231,13 +243,21 @@ def _accepted(s: Settings, node: Node, c: Command) -> Step:
             return out(node.but(stop_pending=True, reason=why))
         if state is State.STOP:
             return _refuse(node, "already stopped")
+        if node.phase in _WAITING:
+            return stop_waiting(node, STOPPED)
+        if c.detail:
+            why = f"stopped by {c.detail}; fix the cause, then `mirrorctl start`"
+            return begin_stop(node, Goal.STOP, f"{c.detail}: stopping", why, exit_=False)
         return stop_now(node)
     if state is State.STOP:
         return _refuse(node, f"{name} needs a running module: run `mirrorctl start`")
+    cause = f"{c.detail}: " if c.detail else ""
+    if name == "wait":
+        return begin_wait(node, c.initiator or "admin", c.detail)
     if name == "restart":
         if state not in PRIMARIES:
             return _refuse(node, f"restart only applies to a primary (ALONE or PRIM); this node is {state.value}")
-        return begin_restart(node, "restarting the application (stop_prim then start_prim)")
+        return begin_restart(node, f"{cause}restarting the application (stop_prim then start_prim)")
     if name == "swap":
         if state is State.SECOND:
             return _refuse(node, f"run swap on the primary {s.peer}")
@@ -247,7 +267,7 @@ def _accepted(s: Settings, node: Node, c: Command) -> Step:
             )
         why = f"swap: handing the application to {s.peer}"
         return begin_stop(node, Goal.STOPSTART, why, STOPPED, exit_=False)
-    why = "stopstart: stopping, then starting again"
+    why = f"{cause}stopstart: stopping, then starting again"
     if c.initiator == DEFAULTPRIM_INITIATOR:
         why = f"defaultprim={s.peer}: handing the application back to {s.peer}"
     return begin_stop(node, Goal.STOPSTART, why, STOPPED, exit_=False)

@@ -21,6 +21,7 @@ from mirrorcore.fsm import (
     Phase,
     ResyncDone,
     Role,
+    RuleCleared,
     RunScript,
     SaveDurable,
     ScriptDone,
@@ -49,6 +50,7 @@ class Pair(RuleBasedStateMachine):
         self.link_up = True
         self.delivered = [False, False]  # delivered[j]: node j holds node i's latest view
         self.now = 1000.0
+        self.witness_loser: int | None = None  # the node that did not reach the witness at the last cut
 
     def apply(self, i: int, event: Event) -> None:
         before = self.nodes[i]
@@ -89,7 +91,14 @@ class Pair(RuleBasedStateMachine):
         fullsync=st.booleans(),
     )
     def command(self, i: int, name: str, initiator: str | None, fullsync: bool) -> None:
+        if name in ("prim", "primforce") and i == self.witness_loser:
+            self.witness_loser = None  # an admin overrides the witness
         self.apply(i, Command(name, self.now, initiator, fullsync))
+
+    @rule(i=st.integers(0, 1))
+    def rule_clears(self, i: int) -> None:
+        """The rule behind `-i checker` commands (a wait() among them) no longer holds."""
+        self.apply(i, RuleCleared("checker", "rule checker no longer holds", self.now))
 
     @precondition(lambda self: self.link_up)
     @rule(i=st.integers(0, 1))
@@ -110,17 +119,19 @@ class Pair(RuleBasedStateMachine):
                 return
 
     @precondition(lambda self: self.link_up)
-    @rule()
-    def cut(self) -> None:
+    @rule(witness=st.sampled_from([(None, None), (True, False), (False, True), (False, False), (True, True)]))
+    def cut(self, witness: tuple[bool | None, bool | None]) -> None:
         self.link_up = False
         self.delivered = [False, False]
-        self.apply(0, PeerLost(self.now))
-        self.apply(1, PeerLost(self.now))
+        self.witness_loser = witness.index(False) if witness.count(False) == 1 else None
+        self.apply(0, PeerLost(self.now, witness[0]))
+        self.apply(1, PeerLost(self.now, witness[1]))
 
     @precondition(lambda self: not self.link_up)
     @rule()
     def heal(self) -> None:
         self.link_up = True
+        self.witness_loser = None
 
     @rule(i=st.integers(0, 1), ok=OK)
     def finish_script(self, i: int, ok: bool) -> None:
@@ -144,6 +155,15 @@ class Pair(RuleBasedStateMachine):
                     self.finish_resync(i, True)
             if self.link_up:
                 self.exchange()
+
+    @invariant()
+    def the_node_that_missed_the_witness_gives_up_the_application(self) -> None:
+        # Cut from its peer and from the witness, a node runs the application only if an admin said so.
+        if getattr(self, "witness_loser", None) is None:
+            return
+        loser = self.nodes[self.witness_loser]
+        if loser.script is None:
+            assert not is_primary(loser), loser
 
     @invariant()
     def one_primary_once_views_are_exchanged(self) -> None:
