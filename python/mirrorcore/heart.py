@@ -62,6 +62,7 @@ class Beat:
     sent_at: float
     link: str = ""
     mirroring: bool = False  # a primary whose every replicated directory streams to the peer
+    resources: str = ""  # the sender's local resources, `pack_resources` form: its peer's `remote.` rules read them
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,36 @@ class BeatState:
     role: str = "none"
     reason: str = ""
     mirroring: bool = False
+    resources: str = ""
+
+
+# Resources travel as "tcp.db=u proc.app=d": one letter per value keeps a beat in one datagram.
+_VALUE_LETTER = {"init": "i", "up": "u", "down": "d", "unknown": "n"}
+_LETTER_VALUE = {letter: value for value, letter in _VALUE_LETTER.items()}
+_MAX_RESOURCES = 4000
+
+
+def pack_resources(values: Mapping[str, str]) -> str:
+    """`{"tcp.db": "up"}` -> `"tcp.db=u"`, for `Beat.resources`; entries past a few kilobytes are left out."""
+    out: list[str] = []
+    size = 0
+    for name, value in sorted(values.items()):
+        entry = f"{name}={_VALUE_LETTER.get(value, 'n')}"
+        size += len(entry) + 1
+        if size > _MAX_RESOURCES or " " in name:
+            break
+        out.append(entry)
+    return " ".join(out)
+
+
+def unpack_resources(text: str) -> dict[str, str]:
+    """The inverse of `pack_resources`; malformed entries are dropped (a peer of another version)."""
+    values: dict[str, str] = {}
+    for entry in text.split():
+        name, eq, letter = entry.rpartition("=")
+        if eq and name and letter in _LETTER_VALUE:
+            values[name] = _LETTER_VALUE[letter]
+    return values
 
 
 class BadBeat(Exception):
@@ -90,7 +121,7 @@ class BadBeat(Exception):
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Beat)}
-_STR = {"module", "node", "state", "color", "role", "reason", "boot_id", "link"}
+_STR = {"module", "node", "state", "color", "role", "reason", "boot_id", "link", "resources"}
 _INT = {"generation", "seq", "port", "counter"}
 _OPT_FLOAT = {"sync_timestamp", "primary_since"}
 
@@ -334,6 +365,8 @@ class HeartService:
             counter=self._counter,
             sent_at=time.time(),  # wall clock: the peer compares it with its own for anti-replay
             link=link.ident,
+            mirroring=state.mirroring,
+            resources=state.resources,
         )
 
     async def _send_loop(self, socks: list[trio.socket.SocketType]) -> None:

@@ -25,6 +25,8 @@ from mirrorcore.heart import (
     PeerBeat,
     decode,
     encode,
+    pack_resources,
+    unpack_resources,
 )
 
 KEY = bytes(range(32))
@@ -154,6 +156,27 @@ async def test_kick_sends_a_beat_without_waiting_for_the_pulse():
     last = rec_b.of(PeerBeat)[-1]
     assert isinstance(last, PeerBeat)
     assert last.beat.state == "ALONE"
+
+
+async def test_a_beat_carries_the_senders_mirroring_flag_and_local_resources():
+    port = free_port()
+    a, b = service("A", port, idents=("a",)), service("B", port, idents=("a",))
+    values = {"proc.app": "down", "tcp.app": "up", "ip.fd00::64": "unknown", "custom.x": "init"}
+    a.local = lambda: BeatState(state="PRIM", mirroring=True, resources=pack_resources(values))
+    async with running(a, b) as (_, (_, rec_b)):
+        await wait_until(lambda: len(rec_b.of(PeerBeat)) >= 1)
+    last = rec_b.of(PeerBeat)[-1]
+    assert isinstance(last, PeerBeat)
+    assert last.beat.mirroring is True
+    assert unpack_resources(last.beat.resources) == values
+
+
+def test_packed_resources_are_compact_and_bad_entries_are_dropped():
+    packed = pack_resources({"tcp.db": "up", "proc.postgres": "down"})
+    assert packed == "proc.postgres=d tcp.db=u"
+    assert unpack_resources("tcp.db=u junk =d tcp.x=z ip.fd00::1=n") == {"tcp.db": "up", "ip.fd00::1": "unknown"}
+    many = {f"custom.c{i:04d}": "up" for i in range(1000)}
+    assert len(pack_resources(many)) <= 4000  # a beat stays one datagram
 
 
 async def test_a_node_with_another_key_is_not_believed():
@@ -316,6 +339,8 @@ beats = st.builds(
     counter=st.integers(min_value=0, max_value=2**63),
     sent_at=floats,
     link=names,
+    mirroring=st.booleans(),
+    resources=st.text(max_size=100),
 )
 
 
