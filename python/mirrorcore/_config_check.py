@@ -14,6 +14,7 @@ from mirrorcore._config_service import check_ident
 
 __all__ = [
     "ACTIONS",
+    "PROC_ACTIONS",
     "Checks",
     "CustomCheck",
     "Errd",
@@ -27,6 +28,7 @@ __all__ = [
 ]
 
 ACTIONS = ("stop", "stopstart", "wait", "restart", "swap")
+PROC_ACTIONS = (*ACTIONS, "noaction")
 WHEN = ("pre", "prim", "second", "both")
 _MODULE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
@@ -34,8 +36,11 @@ _MODULE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 @dataclass(frozen=True)
 class Proc:
     """An errd `<proc>`: `proc.<name>` goes down when fewer than `atleast` (default 1) or more than
-    `atmax` (default None: no limit) processes named `name` run; then `action` (default stopstart)
-    applies. `cls` ("class" in XML: prim (default), second, both or pre) says in which states it is watched.
+    `atmax` (default None: no limit) matching processes run; then `action` (default stopstart;
+    `noaction`: only watch) applies. `cls` ("class" in XML: prim (default), second, both or pre) says
+    in which states it is watched. A process matches by `name` (its command name or the base name of
+    argv[0]), or when given by `nameregex` (the same names, whole match) or `argregex` (searched in
+    the whole command line); `name` then only names the resource.
     """
 
     name: str
@@ -43,6 +48,8 @@ class Proc:
     atmax: int | None
     action: str
     cls: str
+    nameregex: str | None = None
+    argregex: str | None = None
 
 
 @dataclass(frozen=True)
@@ -147,9 +154,12 @@ def parse_errd(el: etree._Element | None, file: Path) -> Errd | None:
         atleast = pa.integer("atleast", 1, low=0)
         atmax_text = pa.text("atmax")
         atmax = None if atmax_text in (None, "none", "-1") else pa.integer("atmax", None, low=0)
-        action = pa.choice("action", ACTIONS, "stopstart")
+        action = pa.choice("action", PROC_ACTIONS, "stopstart")
         cls = pa.choice("class", WHEN, "prim")
+        nameregex, argregex = _regex(pa, "nameregex"), _regex(pa, "argregex")
         pa.done()
+        if nameregex is not None and argregex is not None:
+            raise pa.error(f'<proc name="{name}"> has both nameregex and argregex', "keep one of them")
         assert atleast is not None
         if atmax is not None and atmax < atleast:
             raise pa.error(f"<proc> atmax ({atmax}) is less than atleast ({atleast})", "make atmax >= atleast")
@@ -157,8 +167,19 @@ def parse_errd(el: etree._Element | None, file: Path) -> Errd | None:
             raise pa.error(f'<proc name="{name}"> can never fail (atleast 0, no atmax)', "set atleast or atmax")
         if any(p.name == name for p in procs):
             raise pa.error(f'<proc name="{name}"> is listed twice', "keep one <proc> per process name")
-        procs.append(Proc(name, atleast, atmax, action, cls))
+        procs.append(Proc(name, atleast, atmax, action, cls, nameregex, argregex))
     return Errd(polltimer, tuple(procs))
+
+
+def _regex(a: Attrs, name: str) -> str | None:
+    text = a.text(name)
+    if text is None:
+        return None
+    try:
+        re.compile(text)
+    except re.error as e:
+        raise a.error(f'<{a.el.tag} {name}="{text}"> is not a regular expression ({e})', "fix the pattern") from None
+    return text
 
 
 def _args(a: Attrs) -> tuple[str, ...]:

@@ -65,6 +65,8 @@ FULL = """<safe>
     </user>
     <errd polltimer="5">
       <proc name="postgres" atleast="1" atmax="20" action="restart" class="prim"/>
+      <proc name="app" argregex="python3? -m app( |$)" action="noaction"/>
+      <proc name="web" nameregex="nginx|apache2" class="both"/>
     </errd>
     <check>
       <tcp ident="db" when="prim"><to addr="127.0.0.1" port="5432" interval="10" timeout="500ms"/></tcp>
@@ -126,6 +128,10 @@ def test_full_config_parses_to_the_values_written(tmp_path: Path) -> None:
     assert cfg.errd.polltimer == 5.0
     proc = cfg.errd.procs[0]
     assert (proc.name, proc.atleast, proc.atmax, proc.action, proc.cls) == ("postgres", 1, 20, "restart", "prim")
+    assert (proc.nameregex, proc.argregex) == (None, None)
+    app, web = cfg.errd.procs[1:]
+    assert (app.argregex, app.nameregex, app.action, app.cls) == ("python3? -m app( |$)", None, "noaction", "prim")
+    assert (web.nameregex, web.argregex, web.action, web.cls) == ("nginx|apache2", None, "stopstart", "both")
     tcp = cfg.checks.tcp[0]
     assert (tcp.ident, tcp.addr, tcp.port, tcp.interval, tcp.timeout, tcp.action) == (
         "db",

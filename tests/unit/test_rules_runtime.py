@@ -130,7 +130,7 @@ USERCONFIG = """<safe><service mode="mirror">
   <vip><interface_list><interface check="on"><real_interface>
     <virtual_addr addr="10.0.0.100" where="one_side_alias" check="on"/>
   </real_interface></interface></interface_list></vip>
-  <errd><proc name="postgres" action="restart"/></errd>
+  <errd><proc name="postgres" action="restart"/><proc name="cron" action="noaction"/></errd>
   <check>
     <tcp ident="db"><to addr="127.0.0.1" port="5432"/></tcp>
     <ping ident="gw"><to addr="10.0.0.254"/></ping>
@@ -162,7 +162,7 @@ def test_default_rules_cover_every_configured_checker_with_its_action(tmp_path: 
         ("ping_gw_down", "ping.gw == down", "wait"),
         ("custom_app_down", "custom.app == down", "stopstart"),
         ("module_other_down", "module.other == down", "wait"),
-    }
+    }  # proc.cron (action noaction) is only watched
     engine = RuleEngine.for_module(cfg)
     assert engine.handle_time == 3
     assert len(engine.rules) == 7

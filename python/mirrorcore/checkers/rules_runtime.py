@@ -112,7 +112,8 @@ def default_rules(errd: _ErrdLike | None, checks: _ChecksLike, vips: Sequence[_V
     if any(a.check for v in vips for a in v.addrs):
         out.append(_down("ip", "?", "stopstart", "vip_down"))
     for p in errd.procs if errd is not None else ():
-        out.append(_down("proc", p.name, p.action, f"proc_{p.name}_down"))
+        if p.action != "noaction":
+            out.append(_down("proc", p.name, p.action, f"proc_{p.name}_down"))
     for cls, items in (("tcp", checks.tcp), ("ping", checks.ping), ("custom", checks.custom)):
         out.extend(_down(cls, c.ident, c.action, f"{cls}_{c.ident}_down") for c in items)
     out.extend(_down("module", c.ident, c.action, f"module_{c.ident}_down") for c in checks.modules)
