@@ -3,9 +3,16 @@
 import os
 from typing import Self, final
 
-__all__ = ["DirtyMap", "Forwarder", "Receiver", "version"]
+__all__ = ["DirtyMap", "Forwarder", "Receiver", "local_sums", "version"]
 
 def version() -> str: ...
+def local_sums(root_fd: int, path: bytes, offset: int, length: int, block: int) -> tuple[int, bytes]:
+    """Block checksums of `path` (relative, beneath the directory open on `root_fd`, no symlink followed).
+
+    Returns (size of the file, the 16-byte checksums of the blocks of [offset, min(offset+length, size)) concatenated);
+    blocks start at `offset`, the last one may be short, a hole reads as zeros. Size is -1 (and no checksums) when
+    `path` is missing or not a regular file. Releases the GIL.
+    """
 
 @final
 class Forwarder:
@@ -24,6 +31,14 @@ class Forwarder:
     confirms what it covers, so the map holds exactly what the secondary does not have on its disk. `tracker(dirty)`
     is a forwarder with no link (ALONE): `write` still performs the local `pwrite`, every operation is only recorded,
     and `barrier` returns at once.
+
+    Resync: `prune`, `ensure`, `ensure_link` and `copy_range` are one-way operations queued in order like the others
+    (recorded by tracking as namespace entries, `copy_range` as writes). `request_sums`, `request_needs` and
+    `request_list` are queued in order too; the secondary answers each once it has applied every earlier operation, and
+    `take_sums`/`take_needs`/`take_list(seq)` wait for the answer (GIL released; TimeoutError after `timeout`, the
+    request staying pending; ConnectionError when the link dropped first, at once on a tracker; OSError when the
+    secondary failed to answer). Paths of `prune`/`request_list` may be b"" for the root, as may `ensure`'s for a
+    "dir". `peer_copy_id` is the copy id the secondary announced in the handshake (0: none).
     """
 
     def __new__(
@@ -63,6 +78,33 @@ class Forwarder:
     def removexattr(self, path: bytes, name: bytes) -> int: ...
     def fallocate(self, path: bytes, mode: int, offset: int, length: int) -> int: ...
     def barrier(self, timeout: float | None = None) -> None: ...
+    def prune(self, dir: bytes, keep: list[bytes]) -> int: ...
+    def ensure(
+        self,
+        path: bytes,
+        kind: str,
+        mode: int,
+        uid: int,
+        gid: int,
+        *,
+        rdev: int = 0,
+        target: bytes = b"",
+        size: int = 0,
+        mtime_ns: int = 0,
+        xattrs: list[tuple[bytes, bytes]] | None = None,
+    ) -> int: ...
+    def ensure_link(self, existing: bytes, new: bytes) -> int: ...
+    def copy_range(self, root_fd: int, path: bytes, offset: int, length: int) -> int: ...
+    def request_sums(self, path: bytes, offset: int, length: int, block: int) -> int: ...
+    def request_needs(self) -> int: ...
+    def request_list(self, dir: bytes) -> int: ...
+    def take_sums(self, seq: int, timeout: float | None = None) -> tuple[int, bytes]: ...
+    def take_needs(self, seq: int, timeout: float | None = None) -> list[tuple[bool, bytes]]: ...
+    def take_list(
+        self, seq: int, timeout: float | None = None
+    ) -> list[tuple[bytes, str, int, int, int, int, int, bytes]]: ...
+    @property
+    def peer_copy_id(self) -> int: ...
     @property
     def connected(self) -> bool: ...
     @property
@@ -76,7 +118,11 @@ class Forwarder:
 
 @final
 class Receiver:
-    """The secondary's endpoint: listens, authenticates one primary at a time, applies its operations in order."""
+    """The secondary's endpoint: listens, authenticates one primary at a time, applies its operations in order.
+
+    `copy_id` is announced to each primary in the handshake: the id given here or set later, replaced by the tag of
+    every `mark` applied (and by 0 when a `reset` is applied).
+    """
 
     def __new__(
         cls,
@@ -86,7 +132,12 @@ class Receiver:
         key: bytes,
         *,
         cache_bytes: int = ...,
+        copy_id: int = 0,
     ) -> Self: ...
+    @property
+    def copy_id(self) -> int: ...
+    @copy_id.setter
+    def copy_id(self, value: int) -> None: ...
     @property
     def port(self) -> int: ...
     @property

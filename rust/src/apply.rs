@@ -10,6 +10,10 @@
 //! what it changes; a write then sets the primary's mtime it carries
 //! (`futimens`, atime untouched), and for other operations the primary sends
 //! a [`Op::Utimens`] with the times it ended with right after them.
+//!
+//! Resync: `apply/resync.rs` applies `prune`, `ensure` and `ensure_link`
+//! (keeping the needs list), `apply/answer.rs` answers requests,
+//! `apply/tree.rs` walks and removes directories by fd.
 
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -19,6 +23,10 @@ use std::path::{Path, PathBuf};
 
 use crate::beneath::{check, cstring, openat, Parent, Root};
 use crate::wire::Op;
+
+mod answer;
+mod resync;
+mod tree;
 
 /// How many files the applier keeps open for writing.
 const FD_CACHE: usize = 64;
@@ -30,6 +38,8 @@ pub struct Applier {
     root: Root,
     fds: HashMap<Vec<u8>, (OwnedFd, u64)>,
     tick: u64,
+    /// `(created_now, path)` of the files `ensure` found failing the quick check.
+    needs: Vec<(bool, Vec<u8>)>,
 }
 
 impl Applier {
@@ -42,6 +52,7 @@ impl Applier {
             root: Root::open(root)?,
             fds: HashMap::new(),
             tick: 0,
+            needs: Vec::new(),
         })
     }
 
@@ -158,7 +169,13 @@ impl Applier {
                 offset,
                 length,
             } => fallocate(self.writable(path)?, *mode, *offset, *length),
-            Op::Barrier | Op::Mark { .. } => Ok(()),
+            Op::Prune { .. } | Op::Ensure(_) | Op::EnsureLink { .. } => self.apply_resync(op),
+            // Requests change nothing: the cache's applier answers them (`answer`).
+            Op::Barrier
+            | Op::Mark { .. }
+            | Op::RequestSums { .. }
+            | Op::RequestNeeds
+            | Op::RequestList { .. } => Ok(()),
             Op::Reset => self.reset(),
         }
     }
@@ -166,6 +183,7 @@ impl Applier {
     /// Removes every entry under the root (the root itself stays): a full copy follows.
     fn reset(&mut self) -> io::Result<()> {
         self.fds.clear();
+        self.needs.clear();
         // Through /proc/self/fd the walk starts at our root fd; `remove_dir_all` never follows
         // symlinks, so nothing outside the root can be reached.
         let root = PathBuf::from(format!("/proc/self/fd/{}", self.root.fd()));

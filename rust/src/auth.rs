@@ -4,7 +4,7 @@
 //! primary   → secondary   MAGIC | nonce_p (32)
 //! secondary → primary     MAGIC | nonce_s (32) | proof("secondary")
 //! primary   → secondary   status u8 | mode u8 | proof("primary", mode)
-//! secondary → primary     Ack::Hello sealed with the session ack key
+//! secondary → primary     Ack::Hello sealed with the session ack key, seq = its copy id
 //! ```
 //!
 //! `proof(role, ..)` is a keyed BLAKE3 under the cluster key over a context
@@ -15,6 +15,10 @@
 //! secondary can count the failure) and stops. Both sides then derive the
 //! session keys from the cluster key and both nonces: one for frames, one for
 //! acks, so a frame can never pass for an ack or the reverse.
+//!
+//! The secondary sends the hello ([`welcome`]) only once it is ready for the
+//! new session; it carries the copy id of the copy it holds (0: none), so
+//! the primary knows which resync it can build on.
 
 use std::io::{Read, Write};
 
@@ -109,7 +113,8 @@ pub struct SessionKeys {
     pub ack: [u8; 32],
 }
 
-/// Runs the primary's side on a connected stream (with timeouts already set).
+/// Runs the primary's side on a connected stream (with timeouts already set);
+/// returns the session keys and the copy id the secondary announced.
 ///
 /// # Errors
 /// [`MirrorError::Auth`] when the secondary proves a different key or refuses
@@ -118,7 +123,7 @@ pub fn primary<S: Read + Write>(
     stream: &mut S,
     key: &ClusterKey,
     mode: Mode,
-) -> Result<SessionKeys> {
+) -> Result<(SessionKeys, u64)> {
     let nonce_p = nonce()?;
     let mut hello = Vec::with_capacity(40);
     hello.extend_from_slice(MAGIC);
@@ -162,15 +167,16 @@ pub fn primary<S: Read + Write>(
     match Ack::decode(&welcome, &keys.ack)? {
         Ack {
             kind: AckKind::Hello,
-            ..
-        } => Ok(keys),
+            seq: copy_id,
+        } => Ok((keys, copy_id)),
         other => Err(MirrorError::Protocol(format!(
             "expected a hello ack, got {other:?}"
         ))),
     }
 }
 
-/// Runs the secondary's side on an accepted stream (with timeouts already set).
+/// Runs the secondary's side on an accepted stream (with timeouts already set),
+/// up to the hello, which [`welcome`] sends.
 ///
 /// # Errors
 /// [`MirrorError::Auth`] when the primary proves a different key or says
@@ -206,15 +212,21 @@ pub fn secondary<S: Read + Write>(stream: &mut S, key: &ClusterKey) -> Result<(S
         ));
     }
     let mode = Mode::from_byte(answer[1])?;
-    let keys = key.session(&nonce_p, &nonce_s);
-    stream.write_all(
-        &Ack {
-            kind: AckKind::Hello,
-            seq: 0,
-        }
-        .encode(&keys.ack),
-    )?;
-    Ok((keys, mode))
+    Ok((key.session(&nonce_p, &nonce_s), mode))
+}
+
+/// Ends the secondary's side of the handshake: the session is open, and the
+/// secondary holds the copy `copy_id`.
+///
+/// # Errors
+/// The write error.
+pub fn welcome<S: Write>(stream: &mut S, keys: &SessionKeys, copy_id: u64) -> Result<()> {
+    let hello = Ack {
+        kind: AckKind::Hello,
+        seq: copy_id,
+    };
+    stream.write_all(&hello.encode(&keys.ack))?;
+    Ok(())
 }
 
 fn nonce() -> Result<[u8; 32]> {
@@ -233,14 +245,19 @@ mod tests {
     use std::os::unix::net::UnixStream;
     use std::thread;
 
+    type SecondaryEnd = (SessionKeys, Mode);
+
     fn handshake(
         primary_key: &[u8],
         secondary_key: &[u8],
-    ) -> (Result<SessionKeys>, Result<(SessionKeys, Mode)>) {
+    ) -> (Result<(SessionKeys, u64)>, Result<SecondaryEnd>) {
         let (mut a, mut b) = UnixStream::pair().unwrap();
         let sk = ClusterKey::new(secondary_key).unwrap();
         let server = thread::spawn(move || {
             let r = secondary(&mut b, &sk);
+            if let Ok((keys, _)) = &r {
+                welcome(&mut b, keys, 42).unwrap();
+            }
             drop(b);
             r
         });
@@ -252,7 +269,8 @@ mod tests {
     #[test]
     fn same_key_agrees_on_session_keys_and_mode() {
         let (client, server) = handshake(b"secret", b"secret");
-        let (client, (server, mode)) = (client.unwrap(), server.unwrap());
+        let ((client, copy_id), (server, mode)) = (client.unwrap(), server.unwrap());
+        assert_eq!(copy_id, 42);
         assert_eq!(client.frame, server.frame);
         assert_eq!(client.ack, server.ack);
         assert_ne!(client.frame, client.ack);
@@ -270,7 +288,7 @@ mod tests {
     fn sessions_never_share_keys() {
         let (a, _) = handshake(b"k", b"k");
         let (b, _) = handshake(b"k", b"k");
-        assert_ne!(a.unwrap().frame, b.unwrap().frame);
+        assert_ne!(a.unwrap().0.frame, b.unwrap().0.frame);
     }
 
     #[test]

@@ -66,6 +66,20 @@ impl Root {
         })
     }
 
+    /// A root on a duplicate of `fd`, a directory the caller holds open (the
+    /// primary's fd of its replicated directory).
+    ///
+    /// # Errors
+    /// The `fcntl(F_DUPFD_CLOEXEC)` error, e.g. `EBADF`.
+    pub fn dup(fd: RawFd) -> io::Result<Root> {
+        // SAFETY: duplicating an fd has no memory effects; the result is checked.
+        let fd = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+        Ok(Root {
+            fd: owned(fd)?,
+            have_openat2: AtomicBool::new(true),
+        })
+    }
+
     /// The root's own fd (for `syncfs`).
     pub fn fd(&self) -> RawFd {
         self.fd.as_raw_fd()

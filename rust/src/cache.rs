@@ -7,15 +7,21 @@
 //! [`FLUSH_EVERY`] when it applied something, at every barrier in mode
 //! `none`, and when [`Cache::drain`] asks; each flush is reported to the
 //! primary as an [`AckKind::Flushed`] ack.
+//!
+//! Requests (`RequestSums`, …) are answered by the applier when it reaches
+//! them, so a reply reflects every earlier operation and no later one, in
+//! either mode. The applier also keeps the copy id: an applied
+//! [`Op::Mark`] makes its tag the copy id, an [`Op::Reset`] makes it 0.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::apply::Applier;
 use crate::auth::Mode;
 use crate::error::{MirrorError, Result};
-use crate::wire::{Ack, AckKind, Op};
+use crate::wire::{Ack, AckKind, Op, Reply};
 
 /// The longest the applier keeps applied operations unflushed.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
@@ -26,6 +32,8 @@ const BATCH: usize = 256;
 pub trait AckSink: Send + Sync {
     /// Sends one ack; failures are the session reader's business, not ours.
     fn send(&self, ack: Ack);
+    /// Sends the reply to request `seq`, likewise.
+    fn reply(&self, seq: u64, reply: &Reply);
 }
 
 /// Counters of the cache, for `Receiver.stats()`.
@@ -54,6 +62,7 @@ pub struct Cache {
     space: Condvar,
     progress: Condvar,
     capacity: usize,
+    copy_id: AtomicU64,
 }
 
 struct Entry {
@@ -69,12 +78,14 @@ struct State {
     sink: Option<Arc<dyn AckSink>>,
     flush_wanted: bool,
     closing: bool,
+    /// Counts sessions: the applier forgets its needs list when it changes.
+    session: u64,
 }
 
 impl Cache {
     /// A cache holding at most `capacity` bytes of operations (one larger
     /// operation is always let in when the cache is empty).
-    pub fn new(capacity: usize) -> Arc<Cache> {
+    pub fn new(capacity: usize, copy_id: u64) -> Arc<Cache> {
         Arc::new(Cache {
             state: Mutex::new(State {
                 ops: VecDeque::new(),
@@ -83,12 +94,24 @@ impl Cache {
                 sink: None,
                 flush_wanted: false,
                 closing: false,
+                session: 0,
             }),
             work: Condvar::new(),
             space: Condvar::new(),
             progress: Condvar::new(),
             capacity,
+            copy_id: AtomicU64::new(copy_id),
         })
+    }
+
+    /// The copy id of the copy held (see the module docs).
+    pub fn copy_id(&self) -> u64 {
+        self.copy_id.load(Ordering::SeqCst)
+    }
+
+    /// Sets the copy id (the secondary's daemon, from its durable state).
+    pub fn set_copy_id(&self, id: u64) {
+        self.copy_id.store(id, Ordering::SeqCst);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -108,6 +131,7 @@ impl Cache {
         s.stats.flushed = 0;
         // Marks are per session: a new primary's copy is complete only once it says so.
         s.stats.mark = 0;
+        s.session += 1;
     }
 
     /// Queues a verified operation; blocks while the cache is full.
@@ -184,8 +208,15 @@ impl Cache {
     /// applies what is left, flushes and returns.
     pub fn run_applier(&self, mut applier: Applier) {
         let mut dirty_since: Option<Instant> = None;
+        let mut session = 0;
         loop {
             let (batch, flush_now, stop) = self.next_batch(dirty_since);
+            let now = self.lock().session;
+            if now != session {
+                // What a previous primary's `ensure`s found is not this one's business.
+                applier.clear_needs();
+                session = now;
+            }
             let mut size = 0;
             let mut last = None;
             for entry in batch {
@@ -197,6 +228,13 @@ impl Cache {
                     dirty_since = None;
                     continue;
                 }
+                if entry.op.is_request() {
+                    let reply = applier.answer(&entry.op);
+                    if let Some(sink) = self.lock().sink.clone() {
+                        sink.reply(entry.seq, &reply);
+                    }
+                    continue;
+                }
                 if let Err(e) = applier.apply(&entry.op) {
                     let mut s = self.lock();
                     s.stats.apply_errors += 1;
@@ -204,6 +242,9 @@ impl Cache {
                         Some(format!("applying seq {} ({}): {e}", entry.seq, entry.op));
                 } else if let Op::Mark { tag } = entry.op {
                     self.lock().stats.mark = tag;
+                    self.set_copy_id(tag);
+                } else if entry.op == Op::Reset {
+                    self.set_copy_id(0);
                 }
                 dirty_since.get_or_insert_with(Instant::now);
             }
@@ -296,6 +337,7 @@ mod tests {
             assert_eq!(ack.kind, AckKind::Flushed);
             self.0.fetch_max(ack.seq, Ordering::SeqCst);
         }
+        fn reply(&self, _seq: u64, _reply: &Reply) {}
     }
 
     fn start(
@@ -307,7 +349,7 @@ mod tests {
             std::env::temp_dir().join(format!("mirrorcore-cache-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let cache = Cache::new(capacity);
+        let cache = Cache::new(capacity, 0);
         let recorder = Arc::new(Recorder(AtomicU64::new(0)));
         cache.start_session(mode, recorder.clone());
         let applier = Applier::new(&dir).unwrap();

@@ -22,7 +22,7 @@
 //! only records.
 
 use std::collections::VecDeque;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, BufWriter, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -34,7 +34,8 @@ use crate::apply::write_all_at;
 use crate::auth::{self, ClusterKey, Mode, SessionKeys};
 use crate::dirty::DirtyMap;
 use crate::error::{MirrorError, Result};
-use crate::wire::{self, Ack, AckKind, Op, ACK_LEN, WRITE_CHUNK};
+use crate::reply::Replies;
+use crate::wire::{self, AckKind, Message, Op, WRITE_CHUNK};
 
 /// How to reach and authenticate to the secondary.
 pub struct Config {
@@ -74,7 +75,8 @@ pub enum Unsent<'a> {
 /// The primary's end of one replication connection.
 pub struct Forwarder {
     shared: Arc<Shared>,
-    order: Mutex<()>,
+    /// Held from a local operation to the queueing of its frame (see the module docs).
+    pub(crate) order: Mutex<()>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -95,6 +97,9 @@ struct Shared {
     bytes_sent: AtomicU64,
     unsent: AtomicU64,
     tracking: Mutex<Option<Tracking>>,
+    replies: Replies,
+    /// The copy id the secondary announced in the handshake.
+    peer_copy_id: u64,
 }
 
 /// The map the hook records into, and the map seq of this forwarder's seq 0.
@@ -128,7 +133,7 @@ impl Forwarder {
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(cfg.connect_timeout))?;
         stream.set_write_timeout(Some(cfg.connect_timeout))?;
-        let keys = auth::primary(&mut stream, &key, cfg.mode)?;
+        let (keys, peer_copy_id) = auth::primary(&mut stream, &key, cfg.mode)?;
         stream.set_read_timeout(None)?;
         stream.set_write_timeout(Some(cfg.send_timeout))?;
         let shared = Arc::new(Shared {
@@ -156,6 +161,8 @@ impl Forwarder {
             bytes_sent: AtomicU64::new(0),
             unsent: AtomicU64::new(0),
             tracking: Mutex::new(None),
+            replies: Replies::new(None),
+            peer_copy_id,
         });
         let (s1, s2, reader) = (shared.clone(), shared.clone(), stream.try_clone()?);
         let sender = std::thread::Builder::new()
@@ -205,6 +212,8 @@ impl Forwarder {
             bytes_sent: AtomicU64::new(0),
             unsent: AtomicU64::new(0),
             tracking: Mutex::new(Some(Tracking { map, base })),
+            replies: Replies::new(Some("tracking only: no link".into())),
+            peer_copy_id: 0,
         });
         Forwarder {
             shared,
@@ -272,13 +281,18 @@ impl Forwarder {
     /// Queues a namespace or metadata operation already performed locally; returns its seq.
     ///
     /// # Errors
-    /// [`MirrorError::InvalidPath`] for a path that is not relative to the root.
+    /// [`MirrorError::InvalidPath`] for a path that is not relative to the root;
+    /// [`MirrorError::InvalidArgument`] for an operation the secondary would refuse.
     pub fn forward(&self, op: &Op) -> Result<u64> {
-        for path in op.paths() {
-            wire::validate_path(path)?;
+        op.validate()?;
+        let frame = op.frame(0);
+        if frame.len() - wire::HEADER_LEN > wire::MAX_PAYLOAD {
+            return Err(MirrorError::InvalidArgument(format!(
+                "{op}: {} bytes is more than one frame holds",
+                frame.len()
+            )));
         }
         let _order = lock(&self.order);
-        let frame = op.frame(0);
         let len = frame.len() + wire::MAC_LEN;
         Ok(self.submit(len, |seq| restamp(frame, seq), || Unsent::Op(op)))
     }
@@ -363,6 +377,16 @@ impl Forwarder {
         lock(&self.shared.link).flushed
     }
 
+    /// The copy id the secondary announced when the link was made (0: none; a tracker: 0).
+    pub fn peer_copy_id(&self) -> u64 {
+        self.shared.peer_copy_id
+    }
+
+    /// Where replies to requests arrive.
+    pub(crate) fn replies(&self) -> &Replies {
+        &self.shared.replies
+    }
+
     /// Last seq handed out.
     pub fn last_seq(&self) -> u64 {
         lock(&self.shared.queue).last_seq
@@ -427,7 +451,7 @@ impl Forwarder {
     /// the attached map, and queues the frame `build` makes for it; the
     /// caller holds `order`. Waits for room first; while the link is down,
     /// only numbers and records the operation and hands it to `on_unsent`.
-    fn submit<'a>(
+    pub(crate) fn submit<'a>(
         &self,
         len: usize,
         build: impl FnOnce(u64) -> Vec<u8>,
@@ -558,35 +582,36 @@ impl Shared {
     }
 
     fn ack_loop(&self, stream: TcpStream) {
-        let mut r = BufReader::with_capacity(4096, stream);
-        let mut raw = [0u8; ACK_LEN];
+        let mut r = BufReader::with_capacity(64 << 10, stream);
         loop {
-            let why = match r.read_exact(&mut raw) {
-                Ok(()) => match Ack::decode(&raw, &self.keys.ack) {
-                    Ok(ack) => {
-                        let mut link = lock(&self.link);
-                        match ack.kind {
-                            AckKind::Hello => {}
-                            AckKind::Received => link.acked = link.acked.max(ack.seq),
-                            AckKind::Flushed => {
-                                link.flushed = link.flushed.max(ack.seq);
-                                link.acked = link.acked.max(ack.seq);
-                            }
+            let why = match wire::read_message(&mut r, &self.keys.ack) {
+                Ok(Message::Reply { seq, reply }) => {
+                    self.replies.deliver(seq, reply);
+                    continue;
+                }
+                Ok(Message::Ack(ack)) => {
+                    let mut link = lock(&self.link);
+                    match ack.kind {
+                        AckKind::Hello => {}
+                        AckKind::Received => link.acked = link.acked.max(ack.seq),
+                        AckKind::Flushed => {
+                            link.flushed = link.flushed.max(ack.seq);
+                            link.acked = link.acked.max(ack.seq);
                         }
-                        self.link_changed.notify_all();
-                        if ack.kind == AckKind::Flushed {
-                            let flushed = link.flushed;
-                            drop(link);
-                            self.confirm(flushed);
-                        }
-                        continue;
                     }
-                    Err(e) => format!("bad ack: {e}"),
-                },
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    self.link_changed.notify_all();
+                    if ack.kind == AckKind::Flushed {
+                        let flushed = link.flushed;
+                        drop(link);
+                        self.confirm(flushed);
+                    }
+                    continue;
+                }
+                Err(MirrorError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                     "the secondary closed the connection".into()
                 }
-                Err(e) => format!("ack stream: {e}"),
+                Err(MirrorError::Io(e)) => format!("ack stream: {e}"),
+                Err(e) => format!("bad ack: {e}"),
             };
             self.fail(&why);
             return;
@@ -612,8 +637,12 @@ impl Shared {
         }
         self.has_space.notify_all();
         self.has_work.notify_all();
-        let _link = lock(&self.link);
-        self.link_changed.notify_all();
+        let why = {
+            let link = lock(&self.link);
+            self.link_changed.notify_all();
+            link.error.clone().unwrap_or_else(|| why.to_owned())
+        };
+        self.replies.fail(&why);
     }
 }
 
@@ -747,7 +776,7 @@ mod tests {
     #[test]
     fn flushed_acks_confirm_and_a_lost_link_leaves_what_was_not_flushed() {
         let (src, dst) = (scratch("link-src"), scratch("link-dst"));
-        let rx = Receiver::start(&dst, "127.0.0.1", 0, KEY, 1 << 20).unwrap();
+        let rx = Receiver::start(&dst, "127.0.0.1", 0, KEY, 1 << 20, 0).unwrap();
         let fwd = connect(rx.port(), Mode::Second);
         let file = std::fs::File::create(src.join("f")).unwrap();
         fwd.forward(&Op::Create {

@@ -7,7 +7,8 @@
 //! # Layout
 //!
 //! - `lib.rs`: the Python module; [`detached`] releases the GIL.
-//! - `pyapi.rs`: the classes Python sees, `Forwarder` and `Receiver`.
+//! - `pyapi.rs` (+ `pyapi/receiver.rs`): what Python sees, `Forwarder`,
+//!   `Receiver` and `local_sums`.
 //! - `error.rs`: the one error enum and its mapping to Python exceptions.
 //! - `wire/`: the one place that encodes and decodes: `mod.rs` frames, MACs
 //!   and acks, `op.rs` the operations and their payloads.
@@ -16,14 +17,16 @@
 //!   ack reader threads, barriers.
 //! - `receive.rs`: secondary: listener, handshake, frame verification.
 //! - `cache.rs`: secondary: bounded in-memory queue, ordered applier, flushes.
-//! - `apply.rs`: secondary: one operation under the root, fd LRU for writes.
+//! - `apply.rs` (+ `apply/`): secondary: one operation under the root, fd LRU
+//!   for writes; the resync ops and the answers to requests.
 //! - `beneath.rs`: resolving paths without leaving the root (`openat2`).
+//! - `extent.rs`: block checksums (`local_sums`) and `copy_range`, the
+//!   primary's streaming of file data for resync.
+//! - `reply.rs`: the primary's table of replies to requests (`take_*`).
 //!
 //! - `dirty.rs` (+ `dirty/`): per-file zone runs and the namespace changelog of
 //!   what the secondary lacks, saved atomically; `DirtyMap` in Python. Fed by
 //!   the forwarder's tracking hook (`Forwarder::track`, `Forwarder::tracker`).
-//!
-//! Still to come: `extent.rs` (checksummed resync and verify).
 
 pub mod apply;
 pub mod auth;
@@ -31,9 +34,11 @@ pub mod beneath;
 pub mod cache;
 pub mod dirty;
 pub mod error;
+pub mod extent;
 pub mod forward;
 pub mod pyapi;
 pub mod receive;
+pub mod reply;
 pub mod wire;
 
 use pyo3::prelude::*;
@@ -58,6 +63,7 @@ fn version() -> &'static str {
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(version, m)?)?;
+    m.add_function(wrap_pyfunction!(pyapi::local_sums, m)?)?;
     m.add_class::<pyapi::Forwarder>()?;
     m.add_class::<pyapi::Receiver>()?;
     m.add_class::<dirty::PyDirtyMap>()?;

@@ -1,21 +1,60 @@
-//! The Python classes `Forwarder` and `Receiver`: thin, frozen wrappers that
-//! convert arguments and release the GIL around every call that can block.
+//! The Python classes `Forwarder` and `Receiver` (`pyapi/receiver.rs`) and
+//! `local_sums`: thin, frozen wrappers that convert arguments and release the
+//! GIL around every call that can block.
 
 use std::collections::HashMap;
 use std::os::fd::RawFd;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use pyo3::prelude::*;
-use pyo3::types::PyType;
+use pyo3::types::{PyBytes, PyType};
 
 use crate::auth::Mode;
+use crate::beneath::Root;
 use crate::detached;
 use crate::dirty::PyDirtyMap;
 use crate::error::{MirrorError, Result};
+use crate::extent;
 use crate::forward::{self, Config};
-use crate::receive;
-use crate::wire::{Op, OMIT_TIME};
+use crate::wire::{Ensure, EntryKind, Op, Reply, OMIT_TIME};
+
+mod receiver;
+
+pub use receiver::Receiver;
+
+/// One `take_list` entry: name, kind, mode, uid, gid, size, `mtime_ns`, symlink target.
+type PyListEntry<'py> = (
+    Bound<'py, PyBytes>,
+    &'static str,
+    u32,
+    u32,
+    u32,
+    u64,
+    i64,
+    Bound<'py, PyBytes>,
+);
+
+/// `(size, checksums)` of a range of the file `path` beneath the directory open on
+/// `root_fd`, in blocks of `block` bytes (16 bytes each); size -1 when it is not a regular file.
+///
+/// # Errors
+/// A bad path or block size; the read error.
+#[pyfunction]
+pub fn local_sums<'py>(
+    py: Python<'py>,
+    root_fd: RawFd,
+    path: &[u8],
+    offset: u64,
+    length: u64,
+    block: u32,
+) -> Result<(i64, Bound<'py, PyBytes>)> {
+    crate::wire::validate_path(path)?;
+    let (size, sums) = detached(py, || -> Result<(i64, Vec<u8>)> {
+        let root = Root::dup(root_fd)?;
+        Ok(extent::local_sums(&root, path, offset, length, block)?)
+    })?;
+    Ok((size, PyBytes::new(py, &sums)))
+}
 
 /// The primary's replication link (implements the `Replicator` protocol).
 #[pyclass(frozen, module = "mirrorcore._native")]
@@ -291,66 +330,186 @@ impl Forwarder {
     fn close(&self, py: Python<'_>) {
         detached(py, || self.inner.close());
     }
+
+    /// The copy id the secondary announced when the link was made (0: none).
+    #[getter]
+    fn peer_copy_id(&self) -> u64 {
+        self.inner.peer_copy_id()
+    }
+
+    /// Secondary: remove (recursively) every entry of `dir` (b"": the root) not named in `keep`.
+    fn prune(&self, py: Python<'_>, dir: Vec<u8>, keep: Vec<Vec<u8>>) -> Result<u64> {
+        self.forward(py, &Op::Prune { dir, keep })
+    }
+
+    /// Secondary: make `path` exist as `kind` with these attributes; files failing the quick
+    /// check (size, `mtime_ns`) join the needs list.
+    #[pyo3(signature = (path, kind, mode, uid, gid, *, rdev = 0, target = Vec::new(), size = 0,
+                        mtime_ns = 0, xattrs = None),
+           text_signature = "(self, path, kind, mode, uid, gid, *, rdev=0, target=b'', size=0, mtime_ns=0, xattrs=None)")]
+    #[allow(clippy::too_many_arguments)]
+    fn ensure(
+        &self,
+        py: Python<'_>,
+        path: Vec<u8>,
+        kind: &str,
+        mode: u32,
+        uid: i64,
+        gid: i64,
+        rdev: u64,
+        target: Vec<u8>,
+        size: u64,
+        mtime_ns: i64,
+        xattrs: Option<Vec<(Vec<u8>, Vec<u8>)>>,
+    ) -> Result<u64> {
+        let ensure = Ensure {
+            path,
+            kind: EntryKind::parse(kind)?,
+            mode,
+            uid: id(uid)?,
+            gid: id(gid)?,
+            rdev,
+            target,
+            size,
+            mtime_ns,
+            xattrs,
+        };
+        self.forward(py, &Op::Ensure(Box::new(ensure)))
+    }
+
+    /// Secondary: make `new` a hard link to `existing` (nothing when it already is one).
+    fn ensure_link(&self, py: Python<'_>, existing: Vec<u8>, new: Vec<u8>) -> Result<u64> {
+        self.forward(py, &Op::EnsureLink { existing, new })
+    }
+
+    /// Read `[offset, offset+length)` of `path` beneath `root_fd` (clipped at its end) and queue
+    /// it as data; returns the bytes queued. The data never passes through Python.
+    fn copy_range(
+        &self,
+        py: Python<'_>,
+        root_fd: RawFd,
+        path: &[u8],
+        offset: u64,
+        length: u64,
+    ) -> Result<u64> {
+        detached(py, || {
+            let root = Root::dup(root_fd)?;
+            self.inner.copy_range(&root, path, offset, length)
+        })
+    }
+
+    /// Ask for the secondary's block sums of a range, taken where the stream is now.
+    fn request_sums(
+        &self,
+        py: Python<'_>,
+        path: Vec<u8>,
+        offset: u64,
+        length: u64,
+        block: u32,
+    ) -> Result<u64> {
+        let op = Op::RequestSums {
+            path,
+            offset,
+            length,
+            block,
+        };
+        detached(py, || self.inner.request(&op))
+    }
+
+    /// Ask for the needs list (files the `ensure`s since the previous request found differing).
+    fn request_needs(&self, py: Python<'_>) -> Result<u64> {
+        detached(py, || self.inner.request(&Op::RequestNeeds))
+    }
+
+    /// Ask for the secondary's entries of `dir` (b"": the root).
+    fn request_list(&self, py: Python<'_>, dir: Vec<u8>) -> Result<u64> {
+        detached(py, || self.inner.request(&Op::RequestList { dir }))
+    }
+
+    /// Wait for the reply to `request_sums` `seq`: `(size, checksums)` as `local_sums`.
+    #[pyo3(signature = (seq, timeout = None))]
+    fn take_sums<'py>(
+        &self,
+        py: Python<'py>,
+        seq: u64,
+        timeout: Option<f64>,
+    ) -> Result<(i64, Bound<'py, PyBytes>)> {
+        match self.take(py, seq, timeout)? {
+            Reply::Sums { size, sums } => Ok((size, PyBytes::new(py, &sums))),
+            other => Err(unexpected(seq, &other)),
+        }
+    }
+
+    /// Wait for the reply to `request_needs` `seq`: `(created_now, path)` per file.
+    #[pyo3(signature = (seq, timeout = None))]
+    fn take_needs<'py>(
+        &self,
+        py: Python<'py>,
+        seq: u64,
+        timeout: Option<f64>,
+    ) -> Result<Vec<(bool, Bound<'py, PyBytes>)>> {
+        match self.take(py, seq, timeout)? {
+            Reply::Needs(paths) => Ok(paths
+                .iter()
+                .map(|(created, path)| (*created, PyBytes::new(py, path)))
+                .collect()),
+            other => Err(unexpected(seq, &other)),
+        }
+    }
+
+    /// Wait for the reply to `request_list` `seq`: the directory's entries sorted by name.
+    #[pyo3(signature = (seq, timeout = None))]
+    fn take_list<'py>(
+        &self,
+        py: Python<'py>,
+        seq: u64,
+        timeout: Option<f64>,
+    ) -> Result<Vec<PyListEntry<'py>>> {
+        match self.take(py, seq, timeout)? {
+            Reply::List(entries) => Ok(entries
+                .iter()
+                .map(|e| {
+                    (
+                        PyBytes::new(py, &e.name),
+                        e.kind.name(),
+                        e.mode,
+                        e.uid,
+                        e.gid,
+                        e.size,
+                        e.mtime_ns,
+                        PyBytes::new(py, &e.target),
+                    )
+                })
+                .collect()),
+            other => Err(unexpected(seq, &other)),
+        }
+    }
 }
 
 impl Forwarder {
     fn forward(&self, py: Python<'_>, op: &Op) -> Result<u64> {
         detached(py, || self.inner.forward(op))
     }
+
+    fn take(&self, py: Python<'_>, seq: u64, timeout: Option<f64>) -> Result<Reply> {
+        let timeout = timeout.map(|t| seconds(t, "timeout")).transpose()?;
+        detached(py, || self.inner.take(seq, timeout))
+    }
 }
 
-/// The secondary's replication endpoint.
-#[pyclass(frozen, module = "mirrorcore._native")]
-pub struct Receiver {
-    inner: receive::Receiver,
-}
-
-#[pymethods]
-impl Receiver {
-    #[new]
-    #[pyo3(signature = (root, listen_addr, port, key, *, cache_bytes = 256 << 20))]
-    fn new(
-        py: Python<'_>,
-        root: PathBuf,
-        listen_addr: String,
-        port: u16,
-        key: Vec<u8>,
-        cache_bytes: usize,
-    ) -> Result<Self> {
-        let inner = detached(py, move || {
-            receive::Receiver::start(&root, &listen_addr, port, &key, cache_bytes)
-        })?;
-        Ok(Receiver { inner })
-    }
-
-    #[getter]
-    fn port(&self) -> u16 {
-        self.inner.port()
-    }
-
-    #[getter]
-    fn last_error(&self) -> Option<String> {
-        self.inner.last_error()
-    }
-
-    fn stats(&self) -> HashMap<&'static str, u64> {
-        self.inner.stats().into_iter().collect()
-    }
-
-    /// Apply and flush everything received; returns the last applied seq.
-    fn drain(&self, py: Python<'_>, timeout: f64) -> Result<u64> {
-        let timeout = seconds(timeout, "timeout")?;
-        detached(py, || self.inner.drain(timeout))
-    }
-
-    /// Stop listening, apply what was received, join the threads.
-    fn close(&self, py: Python<'_>) {
-        detached(py, || self.inner.close());
-    }
+/// A reply of another kind than the request `seq` asked for.
+fn unexpected(seq: u64, reply: &Reply) -> MirrorError {
+    let kind = match reply {
+        Reply::Failed { .. } => "failure",
+        Reply::Sums { .. } => "sums",
+        Reply::Needs(_) => "needs",
+        Reply::List(_) => "list",
+    };
+    MirrorError::InvalidArgument(format!("seq {seq} was answered with {kind}"))
 }
 
 /// A uid/gid from Python, where -1 means "unchanged".
-fn id(v: i64) -> Result<u32> {
+pub(crate) fn id(v: i64) -> Result<u32> {
     if v == -1 {
         return Ok(u32::MAX);
     }
@@ -367,7 +526,7 @@ fn time(ns: Option<i64>) -> Result<Option<i64>> {
     }
 }
 
-fn seconds(v: f64, what: &str) -> Result<Duration> {
+pub(crate) fn seconds(v: f64, what: &str) -> Result<Duration> {
     Duration::try_from_secs_f64(v)
         .map_err(|_| MirrorError::InvalidArgument(format!("{what} must be >= 0, got {v}")))
 }

@@ -20,10 +20,14 @@ use crate::apply::Applier;
 use crate::auth::{self, ClusterKey, Mode, SessionKeys};
 use crate::cache::{AckSink, Cache, FLUSH_EVERY};
 use crate::error::{MirrorError, Result};
-use crate::wire::{self, Ack, AckKind, Header, Op, HEADER_LEN, MAC_LEN, MAX_PAYLOAD};
+use crate::wire::{self, Ack, AckKind, Header, Op, Reply, HEADER_LEN, MAC_LEN, MAX_PAYLOAD};
 
 /// How long a connecting peer has to complete the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a new primary's hello may wait for the previous session's
+/// operations to be applied, so that the copy id it announces includes their
+/// marks (the primary's connect timeout bounds the whole handshake).
+const HELLO_DRAIN: Duration = Duration::from_secs(2);
 
 /// A listening secondary (see the module docs).
 pub struct Receiver {
@@ -60,10 +64,16 @@ impl AckSink for AckWriter {
         // A dead socket is noticed (and reported) by the session reader.
         let _ = lock(&self.stream).write_all(&raw);
     }
+
+    fn reply(&self, seq: u64, reply: &Reply) {
+        let raw = reply.encode(seq, &self.key);
+        let _ = lock(&self.stream).write_all(&raw);
+    }
 }
 
 impl Receiver {
-    /// Opens `root`, binds `listen_addr:port` (0 = any free port) and starts serving.
+    /// Opens `root`, binds `listen_addr:port` (0 = any free port) and starts
+    /// serving, announcing `copy_id` to primaries until a mark changes it.
     ///
     /// # Errors
     /// When the root cannot be opened, the key is empty or the address cannot be bound.
@@ -73,6 +83,7 @@ impl Receiver {
         port: u16,
         key: &[u8],
         cache_bytes: usize,
+        copy_id: u64,
     ) -> Result<Receiver> {
         let key = ClusterKey::new(key)?;
         let applier = Applier::new(root)?;
@@ -84,7 +95,7 @@ impl Receiver {
             })?;
         let listener = TcpListener::bind(addr)?;
         let port = listener.local_addr()?.port();
-        let cache = Cache::new(cache_bytes);
+        let cache = Cache::new(cache_bytes, copy_id);
         let shared = Arc::new(Shared {
             key,
             cache: cache.clone(),
@@ -117,6 +128,16 @@ impl Receiver {
     /// The port actually listened on.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The copy id announced to the next primary (the latest mark applied, or as set).
+    pub fn copy_id(&self) -> u64 {
+        self.shared.cache.copy_id()
+    }
+
+    /// Sets the copy id to announce (0 asks for a full copy).
+    pub fn set_copy_id(&self, id: u64) {
+        self.shared.cache.set_copy_id(id);
     }
 
     /// Counters: `received_seq`, `applied_seq`, `flushed_seq`, `frames_rejected`, ….
@@ -194,6 +215,12 @@ impl Shared {
             match handshake(&mut stream, &self.key) {
                 Ok((keys, mode)) => {
                     self.end_session();
+                    // Best effort within HELLO_DRAIN; `start_session` drains fully anyway.
+                    let _ = self.cache.drain(Some(HELLO_DRAIN));
+                    if let Err(e) = auth::welcome(&mut stream, &keys, self.cache.copy_id()) {
+                        self.record(format!("handshake: {e}"));
+                        continue;
+                    }
                     if let Err(e) = self.start_session(stream, &keys, mode) {
                         self.record(format!("starting a session: {e}"));
                     }
@@ -346,13 +373,14 @@ mod tests {
             std::env::temp_dir().join(format!("mirrorcore-recv-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let rx = Receiver::start(&dir, "127.0.0.1", 0, KEY, 1 << 20).unwrap();
+        let rx = Receiver::start(&dir, "127.0.0.1", 0, KEY, 1 << 20, 0).unwrap();
         (dir, rx)
     }
 
     fn session(rx: &Receiver) -> (TcpStream, SessionKeys) {
         let mut s = TcpStream::connect(("127.0.0.1", rx.port())).unwrap();
-        let keys = auth::primary(&mut s, &ClusterKey::new(KEY).unwrap(), Mode::Second).unwrap();
+        let (keys, _) =
+            auth::primary(&mut s, &ClusterKey::new(KEY).unwrap(), Mode::Second).unwrap();
         (s, keys)
     }
 

@@ -38,10 +38,14 @@ pub enum Kind {
     Setxattr,
     /// An extended attribute removed.
     Removexattr,
+    /// Entries of a directory pruned by a resync (only what the primary lacks).
+    Prune,
+    /// An entry made to match the primary's by a resync (kind, attributes).
+    Ensure,
 }
 
 /// Every kind with its name, in discriminant order: a kind's code indexes it.
-const KINDS: [(Kind, &str); 14] = [
+const KINDS: [(Kind, &str); 16] = [
     (Kind::Create, "create"),
     (Kind::Mknod, "mknod"),
     (Kind::Mkdir, "mkdir"),
@@ -56,6 +60,8 @@ const KINDS: [(Kind, &str); 14] = [
     (Kind::Utimens, "utimens"),
     (Kind::Setxattr, "setxattr"),
     (Kind::Removexattr, "removexattr"),
+    (Kind::Prune, "prune"),
+    (Kind::Ensure, "ensure"),
 ];
 
 /// How far back a metadata record looks for an older one to replace.
@@ -108,7 +114,12 @@ impl Kind {
     pub fn is_metadata(self) -> bool {
         matches!(
             self,
-            Kind::Chmod | Kind::Chown | Kind::Utimens | Kind::Setxattr | Kind::Removexattr
+            Kind::Chmod
+                | Kind::Chown
+                | Kind::Utimens
+                | Kind::Setxattr
+                | Kind::Removexattr
+                | Kind::Ensure
         )
     }
 }

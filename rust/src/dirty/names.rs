@@ -83,7 +83,9 @@ impl DirtyMap {
     }
 
     /// Records any replicated operation (the forwarder's hook); barriers,
-    /// resets and marks leave nothing to resend and are ignored.
+    /// resets, marks and requests leave nothing to resend and are ignored, as
+    /// are a resync's `prune`/`ensure` of the root itself. `ensure_link` is a
+    /// `link`; `prune` and `ensure` change no zone.
     ///
     /// # Errors
     /// As the `mark_*` methods.
@@ -102,15 +104,26 @@ impl DirtyMap {
                 ..
             } => return self.mark_write(path, *offset, *length, seq),
             Op::Truncate { path, size } => return self.mark_truncate(path, *size, seq),
-            Op::Barrier | Op::Reset | Op::Mark { .. } => {
+            Op::Barrier
+            | Op::Reset
+            | Op::Mark { .. }
+            | Op::RequestSums { .. }
+            | Op::RequestNeeds
+            | Op::RequestList { .. } => {
                 self.saw(seq);
                 return Ok(());
             }
+            _ if op.paths().is_empty() => {
+                self.saw(seq); // the root's own prune or ensure
+                return Ok(());
+            }
+            Op::Prune { .. } => one(Kind::Prune),
+            Op::Ensure(_) => one(Kind::Ensure),
             Op::Create { .. } => one(Kind::Create),
             Op::Mknod { .. } => one(Kind::Mknod),
             Op::Mkdir { .. } => one(Kind::Mkdir),
             Op::Symlink { target, .. } => (Kind::Symlink, Some(target.as_slice())),
-            Op::Link { new, .. } => (Kind::Link, Some(new.as_slice())),
+            Op::Link { new, .. } | Op::EnsureLink { new, .. } => (Kind::Link, Some(new.as_slice())),
             Op::Unlink { .. } => one(Kind::Unlink),
             Op::Rmdir { .. } => one(Kind::Rmdir),
             Op::Rename { new, flags, .. } if flags & RENAME_EXCHANGE != 0 => {
@@ -124,7 +137,7 @@ impl DirtyMap {
             Op::Removexattr { .. } => one(Kind::Removexattr),
         };
         let path = match op {
-            Op::Link { existing, .. } => existing,
+            Op::Link { existing, .. } | Op::EnsureLink { existing, .. } => existing,
             Op::Rename { old, .. } => old,
             _ => op.paths()[0],
         };

@@ -28,12 +28,17 @@ pub const MAC_LEN: usize = 16;
 pub const ACK_LEN: usize = 9 + MAC_LEN;
 /// Writes larger than this are split into several frames.
 pub const WRITE_CHUNK: usize = 1 << 20;
-/// The largest payload a receiver accepts (a write chunk plus a long path).
-pub const MAX_PAYLOAD: usize = WRITE_CHUNK + (64 << 10);
+/// The largest payload a receiver accepts: a write chunk plus a long path, or a
+/// prune's list of the names a directory keeps.
+pub const MAX_PAYLOAD: usize = 16 << 20;
 
 mod op;
+mod reply;
+mod resync;
 
 pub use op::{validate_path, write_frame, write_overhead, Op, OMIT_TIME};
+pub use reply::{read_message, ListEntry, Message, Reply, MAX_REPLY, REPLY_KIND};
+pub use resync::{join, managed_xattr, validate_dir, validate_name, Ensure, EntryKind};
 
 /// A parsed frame header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,6 +171,7 @@ mod tests {
 
     const KEY: [u8; 32] = [7; 32];
 
+    #[allow(clippy::too_many_lines)] // one literal per kind of operation
     fn every_op() -> Vec<Op> {
         let p = |s: &str| s.as_bytes().to_vec();
         vec![
@@ -257,6 +263,68 @@ mod tests {
                 length: 8192,
             },
             Op::Barrier,
+            Op::Reset,
+            Op::Mark { tag: u64::MAX },
+            Op::Prune {
+                dir: Vec::new(),
+                keep: vec![p("a"), p(".hidden")],
+            },
+            Op::Prune {
+                dir: p("d/e"),
+                keep: Vec::new(),
+            },
+            Op::Ensure(Box::new(Ensure {
+                path: p("d/s"),
+                kind: EntryKind::Symlink,
+                mode: 0o120_777,
+                uid: 1,
+                gid: u32::MAX,
+                rdev: 0,
+                target: p("/abs/target"),
+                size: 0,
+                mtime_ns: -7,
+                xattrs: None,
+            })),
+            Op::Ensure(Box::new(Ensure {
+                path: Vec::new(),
+                kind: EntryKind::Dir,
+                mode: 0o40_755,
+                uid: 0,
+                gid: 0,
+                rdev: 0,
+                target: Vec::new(),
+                size: 0,
+                mtime_ns: 0,
+                xattrs: Some(vec![
+                    (p("user.a"), vec![0, 1]),
+                    (p("trusted.b"), Vec::new()),
+                ]),
+            })),
+            Op::Ensure(Box::new(Ensure {
+                path: p("f"),
+                kind: EntryKind::File,
+                mode: 0o100_600,
+                uid: 3,
+                gid: 4,
+                rdev: 0,
+                target: Vec::new(),
+                size: 1 << 33,
+                mtime_ns: 1_700_000_000_000_000_001,
+                xattrs: Some(Vec::new()),
+            })),
+            Op::EnsureLink {
+                existing: p("f"),
+                new: p("d/g"),
+            },
+            Op::RequestSums {
+                path: p("f"),
+                offset: 1 << 23,
+                length: 8 << 20,
+                block: 65_536,
+            },
+            Op::RequestNeeds,
+            Op::RequestList { dir: Vec::new() },
+            Op::RequestList { dir: p("d") },
         ]
     }
 
@@ -328,6 +396,38 @@ mod tests {
             );
         }
         assert!(validate_path(b"a/b..c/.d").is_ok());
+        let bad = [
+            Op::Prune {
+                dir: b"../x".to_vec(),
+                keep: Vec::new(),
+            },
+            Op::Prune {
+                dir: Vec::new(),
+                keep: vec![b"a/b".to_vec()],
+            },
+            Op::Prune {
+                dir: Vec::new(),
+                keep: vec![b"..".to_vec()],
+            },
+            Op::EnsureLink {
+                existing: b"/etc/shadow".to_vec(),
+                new: b"x".to_vec(),
+            },
+            Op::RequestList {
+                dir: b"a/../..".to_vec(),
+            },
+            Op::RequestSums {
+                path: Vec::new(),
+                offset: 0,
+                length: 1,
+                block: 1,
+            },
+        ];
+        for op in bad {
+            let mut frame = op.frame(1);
+            seal(&mut frame, &KEY);
+            assert!(receive(&frame).is_err(), "{op:?}");
+        }
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Replicated operations and their payload encoding (see [`super`] for the frame around them).
 
+use super::resync::{validate_dir, validate_name, Ensure};
+
 use super::{finish_header, header};
 use crate::error::{MirrorError, Result};
 
@@ -103,6 +105,24 @@ pub enum Op {
     /// A milestone of the stream (e.g. "full copy complete"); the secondary reports the
     /// latest one it applied.
     Mark { tag: u64 },
+    /// Remove, recursively, every entry of `dir` (empty: the root) whose name
+    /// is not in `keep`; a missing `dir` is left missing.
+    Prune { dir: Vec<u8>, keep: Vec<Vec<u8>> },
+    /// Make one entry exist as the primary has it (see [`Ensure`]).
+    Ensure(Box<Ensure>),
+    /// Make `new` a hard link to `existing` (nothing when it already is one).
+    EnsureLink { existing: Vec<u8>, new: Vec<u8> },
+    /// Reply with the block checksums of `[offset, offset+length)` of a file.
+    RequestSums {
+        path: Vec<u8>,
+        offset: u64,
+        length: u64,
+        block: u32,
+    },
+    /// Reply with the files `ensure` found failing the quick check (then forget them).
+    RequestNeeds,
+    /// Reply with the entries of `dir` (empty: the root).
+    RequestList { dir: Vec<u8> },
 }
 
 impl Op {
@@ -128,12 +148,18 @@ impl Op {
             Op::Barrier => 17,
             Op::Reset => 18,
             Op::Mark { .. } => 19,
+            Op::Prune { .. } => 20,
+            Op::Ensure(_) => 21,
+            Op::EnsureLink { .. } => 22,
+            Op::RequestSums { .. } => 23,
+            Op::RequestNeeds => 24,
+            Op::RequestList { .. } => 25,
         }
     }
 
     /// The operation's name, as in the Python API.
     pub fn name(&self) -> &'static str {
-        const NAMES: [&str; 19] = [
+        const NAMES: [&str; 25] = [
             "write",
             "create",
             "mknod",
@@ -153,6 +179,12 @@ impl Op {
             "barrier",
             "reset",
             "mark",
+            "prune",
+            "ensure",
+            "ensure_link",
+            "request_sums",
+            "request_needs",
+            "request_list",
         ];
         NAMES[usize::from(self.code() - 1)]
     }
@@ -173,10 +205,51 @@ impl Op {
             | Op::Utimens { path, .. }
             | Op::Setxattr { path, .. }
             | Op::Removexattr { path, .. }
-            | Op::Fallocate { path, .. } => vec![path],
-            Op::Link { existing, new } => vec![existing, new],
+            | Op::Fallocate { path, .. }
+            | Op::RequestSums { path, .. } => vec![path],
+            Op::Link { existing, new } | Op::EnsureLink { existing, new } => vec![existing, new],
             Op::Rename { old, new, .. } => vec![old, new],
-            Op::Barrier | Op::Reset | Op::Mark { .. } => Vec::new(),
+            // Directories that may be the root (empty): named unless they are.
+            Op::Prune { dir, .. } | Op::RequestList { dir } => [dir.as_slice()]
+                .into_iter()
+                .filter(|d| !d.is_empty())
+                .collect(),
+            Op::Ensure(e) => [e.path.as_slice()]
+                .into_iter()
+                .filter(|d| !d.is_empty())
+                .collect(),
+            Op::Barrier | Op::Reset | Op::Mark { .. } | Op::RequestNeeds => Vec::new(),
+        }
+    }
+
+    /// Whether the secondary answers this operation with a reply.
+    pub fn is_request(&self) -> bool {
+        matches!(
+            self,
+            Op::RequestSums { .. } | Op::RequestNeeds | Op::RequestList { .. }
+        )
+    }
+
+    /// Checks every path and name the operation carries (the root is empty,
+    /// accepted where an operation allows it).
+    ///
+    /// # Errors
+    /// [`MirrorError::InvalidPath`], or [`MirrorError::InvalidArgument`] for
+    /// a bad `ensure`.
+    pub fn validate(&self) -> Result<()> {
+        for path in self.paths() {
+            validate_path(path)?;
+        }
+        match self {
+            Op::Prune { dir, keep } => {
+                validate_dir(dir)?;
+                keep.iter().try_for_each(|name| validate_name(name))
+            }
+            Op::Ensure(e) => e.validate(),
+            Op::RequestSums { block, .. } if *block == 0 => Err(MirrorError::InvalidArgument(
+                "the block size must be positive".into(),
+            )),
+            _ => Ok(()),
         }
     }
 
@@ -194,10 +267,15 @@ impl Op {
         let mut out = header(seq, self.code(), 64);
         let mut w = Writer(&mut out);
         match self {
-            Op::Write { .. } | Op::Barrier | Op::Reset => {}
+            Op::Write { .. } | Op::Barrier | Op::Reset | Op::RequestNeeds => {}
             Op::Mark { tag } => {
                 w.u64(*tag);
             }
+            Op::Prune { .. }
+            | Op::Ensure(_)
+            | Op::EnsureLink { .. }
+            | Op::RequestSums { .. }
+            | Op::RequestList { .. } => super::resync::encode(self, &mut w),
             Op::Create {
                 path,
                 mode,
@@ -279,10 +357,11 @@ impl Op {
         out
     }
 
-    /// Decodes a verified payload; checks every path with [`validate_path`].
+    /// Decodes a verified payload; checks it with [`Op::validate`].
     ///
     /// # Errors
-    /// [`MirrorError::Protocol`] for an unknown op, a short or overlong payload, or a bad path.
+    /// [`MirrorError::Protocol`] for an unknown op, a short or overlong payload;
+    /// as [`Op::validate`] for bad paths or arguments.
     pub fn decode(code: u8, payload: &[u8]) -> Result<Op> {
         let mut r = Reader(payload);
         let op = match code {
@@ -371,6 +450,7 @@ impl Op {
             17 => Op::Barrier,
             18 => Op::Reset,
             19 => Op::Mark { tag: r.u64()? },
+            20..=25 => super::resync::decode(code, &mut r)?,
             other => return Err(MirrorError::Protocol(format!("unknown op code {other}"))),
         };
         if !r.0.is_empty() {
@@ -379,9 +459,7 @@ impl Op {
                 r.0.len()
             )));
         }
-        for path in op.paths() {
-            validate_path(path)?;
-        }
+        op.validate()?;
         Ok(op)
     }
 }
@@ -446,33 +524,33 @@ pub fn validate_path(path: &[u8]) -> Result<()> {
     Ok(())
 }
 
-struct Writer<'a>(&'a mut Vec<u8>);
+pub(super) struct Writer<'a>(pub(super) &'a mut Vec<u8>);
 
 impl Writer<'_> {
-    fn u32(&mut self, v: u32) -> &mut Self {
+    pub(super) fn u32(&mut self, v: u32) -> &mut Self {
         self.0.extend_from_slice(&v.to_le_bytes());
         self
     }
-    fn u64(&mut self, v: u64) -> &mut Self {
+    pub(super) fn u64(&mut self, v: u64) -> &mut Self {
         self.0.extend_from_slice(&v.to_le_bytes());
         self
     }
-    fn time(&mut self, v: Option<i64>) -> &mut Self {
+    pub(super) fn time(&mut self, v: Option<i64>) -> &mut Self {
         self.0
             .extend_from_slice(&v.unwrap_or(OMIT_TIME).to_le_bytes());
         self
     }
-    fn bytes(&mut self, b: &[u8]) -> &mut Self {
+    pub(super) fn bytes(&mut self, b: &[u8]) -> &mut Self {
         self.u32(u32::try_from(b.len()).expect("field below 4 GiB"));
         self.0.extend_from_slice(b);
         self
     }
 }
 
-struct Reader<'a>(&'a [u8]);
+pub(super) struct Reader<'a>(pub(super) &'a [u8]);
 
 impl Reader<'_> {
-    fn take<const N: usize>(&mut self) -> Result<[u8; N]> {
+    pub(super) fn take<const N: usize>(&mut self) -> Result<[u8; N]> {
         if self.0.len() < N {
             return Err(MirrorError::Protocol("truncated payload".into()));
         }
@@ -480,17 +558,17 @@ impl Reader<'_> {
         self.0 = rest;
         Ok(head.try_into().expect("N bytes"))
     }
-    fn u32(&mut self) -> Result<u32> {
+    pub(super) fn u32(&mut self) -> Result<u32> {
         self.take::<4>().map(u32::from_le_bytes)
     }
-    fn u64(&mut self) -> Result<u64> {
+    pub(super) fn u64(&mut self) -> Result<u64> {
         self.take::<8>().map(u64::from_le_bytes)
     }
-    fn time(&mut self) -> Result<Option<i64>> {
+    pub(super) fn time(&mut self) -> Result<Option<i64>> {
         let v = self.take::<8>().map(i64::from_le_bytes)?;
         Ok((v != OMIT_TIME).then_some(v))
     }
-    fn bytes(&mut self) -> Result<Vec<u8>> {
+    pub(super) fn bytes(&mut self) -> Result<Vec<u8>> {
         let len = self.u32()? as usize;
         if self.0.len() < len {
             return Err(MirrorError::Protocol("truncated byte string".into()));
