@@ -26,6 +26,8 @@ use crate::wire::Op;
 
 mod answer;
 mod resync;
+#[cfg(test)]
+mod resync_tests;
 mod tree;
 
 /// How many files the applier keeps open for writing.

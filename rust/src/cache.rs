@@ -230,7 +230,13 @@ impl Cache {
                 }
                 if entry.op.is_request() {
                     let reply = applier.answer(&entry.op);
-                    if let Some(sink) = self.lock().sink.clone() {
+                    let mut s = self.lock();
+                    if let Reply::Failed { message, .. } = &reply {
+                        s.stats.last_error =
+                            Some(format!("answering seq {}: {message}", entry.seq));
+                    }
+                    if let Some(sink) = s.sink.clone() {
+                        drop(s);
                         sink.reply(entry.seq, &reply);
                     }
                     continue;

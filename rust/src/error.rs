@@ -1,8 +1,10 @@
 //! The one error type of the native extension and its mapping to Python.
 
 use pyo3::exceptions::{
-    PyConnectionError, PyFileNotFoundError, PyPermissionError, PyTimeoutError, PyValueError,
+    PyConnectionError, PyFileNotFoundError, PyOSError, PyPermissionError, PyTimeoutError,
+    PyValueError,
 };
+use pyo3::prelude::*;
 use pyo3::PyErr;
 
 /// Every failure the native code can report.
@@ -47,6 +49,9 @@ pub type Result<T> = std::result::Result<T, MirrorError>;
 impl From<MirrorError> for PyErr {
     fn from(err: MirrorError) -> PyErr {
         match err {
+            // OSError(errno, message): Python sets `.errno` and picks the subclass
+            // (FileNotFoundError, PermissionError, ...) from the errno.
+            MirrorError::Io(io) if io.raw_os_error().is_some() => os_error(&io),
             MirrorError::Io(io) => match io.kind() {
                 std::io::ErrorKind::TimedOut => PyTimeoutError::new_err(io.to_string()),
                 std::io::ErrorKind::NotFound => PyFileNotFoundError::new_err(io.to_string()),
@@ -64,10 +69,22 @@ impl From<MirrorError> for PyErr {
     }
 }
 
+/// `OSError(errno, message)` built by Python itself, so the instance is of the
+/// subclass the errno names and carries `.errno`.
+fn os_error(io: &std::io::Error) -> PyErr {
+    Python::attach(|py| {
+        let args = (io.raw_os_error(), io.to_string());
+        match py.get_type::<PyOSError>().call1(args) {
+            Ok(value) => PyErr::from_value(value),
+            Err(e) => e,
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pyo3::types::PyTypeMethods;
+    use pyo3::types::{PyAnyMethods, PyTypeMethods};
     use pyo3::Python;
 
     fn python_type_name(err: MirrorError) -> String {
@@ -122,5 +139,18 @@ mod tests {
         assert_eq!(python_type_name(corrupt), "ValueError");
         let refused = std::io::Error::from_raw_os_error(libc::ECONNREFUSED);
         assert_eq!(python_type_name(refused.into()), "ConnectionRefusedError");
+        let timed_out = std::io::Error::from_raw_os_error(libc::ETIMEDOUT);
+        assert_eq!(python_type_name(timed_out.into()), "TimeoutError");
+    }
+
+    #[test]
+    fn os_errors_keep_their_errno() {
+        Python::initialize();
+        Python::attach(|py| {
+            let err: PyErr =
+                MirrorError::Io(std::io::Error::from_raw_os_error(libc::EINVAL)).into();
+            let errno: i32 = err.value(py).getattr("errno").unwrap().extract().unwrap();
+            assert_eq!(errno, libc::EINVAL);
+        });
     }
 }

@@ -126,13 +126,13 @@ impl Forwarder {
     /// Waits for the reply to request `seq` (see [`Replies::take`]).
     ///
     /// # Errors
-    /// As [`Replies::take`]; a [`Reply::Failed`] becomes the secondary's I/O error.
+    /// As [`Replies::take`]; a [`Reply::Failed`] becomes the secondary's I/O
+    /// error, errno kept (its message is in the secondary's `last_error`).
     pub fn take(&self, seq: u64, timeout: Option<Duration>) -> Result<Reply> {
         match self.replies().take(seq, timeout)? {
-            Reply::Failed { errno, message } => Err(MirrorError::Io(std::io::Error::new(
-                std::io::Error::from_raw_os_error(errno).kind(),
-                format!("on the secondary: {message}"),
-            ))),
+            Reply::Failed { errno, .. } => {
+                Err(MirrorError::Io(std::io::Error::from_raw_os_error(errno)))
+            }
             reply => Ok(reply),
         }
     }

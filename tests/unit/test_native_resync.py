@@ -7,6 +7,7 @@ operations queued before its request, in both modes.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import time
@@ -90,6 +91,18 @@ def test_sums_of_a_missing_file_and_of_a_directory_have_no_size(fwd: Forwarder, 
     assert [fwd.take_sums(s, timeout=30.0) for s in seqs] == [(-1, b""), (-1, b"")]
     with pytest.raises(ValueError, match="not a request"):
         fwd.take_sums(seqs[0], timeout=1.0)
+
+
+def test_a_request_the_secondary_cannot_answer_raises_its_error(
+    fwd: Forwarder, receiver: Receiver, roots: tuple[Path, Path]
+) -> None:
+    create(fwd, roots[0], "f")
+    seq = fwd.request_sums(b"f", 0, 1, 1 << 30)  # a block beyond what anyone reads at once
+    with pytest.raises(OSError, match="Invalid argument") as caught:
+        fwd.take_sums(seq, timeout=30.0)
+    assert caught.value.errno == errno.EINVAL
+    assert "answering seq" in (receiver.last_error or "")
+    assert fwd.take_sums(fwd.request_sums(b"f", 0, 1, BLOCK), timeout=30.0) == (0, b"")  # the link is fine
 
 
 def test_copy_range_makes_the_secondary_s_file_identical(

@@ -234,7 +234,7 @@ fn set_xattrs(proc_path: &CString, want: &[(Vec<u8>, Vec<u8>)]) -> io::Result<()
     Ok(())
 }
 
-fn list_xattrs(path: &CString) -> io::Result<Vec<Vec<u8>>> {
+pub(super) fn list_xattrs(path: &CString) -> io::Result<Vec<Vec<u8>>> {
     let raw = sized(|buf, len| unsafe { libc::listxattr(path.as_ptr(), buf.cast(), len) })?;
     Ok(raw
         .split(|&b| b == 0)
