@@ -244,6 +244,11 @@ def _print_node(status: dict[str, Any], *, peer: bool = False) -> None:
     out.print(line)
     if status.get("reason"):
         out.print(f"         {status['reason']}", style="dim" if peer else None)
+    if not peer:
+        from mirrorcore.cli_watch import status_lines
+
+        for extra in status_lines(status):
+            out.print(f"         {extra}", markup=False)
 
 
 # ---- logs ---------------------------------------------------------------------------------
@@ -425,7 +430,14 @@ def _register_demo() -> None:
     main.add_command(demo)
 
 
+def _register_watch() -> None:
+    from mirrorcore.cli_watch import register
+
+    register(main, module_options, lambda module, cmd, initiator, args: _report(_send(module, cmd, initiator, args)))
+
+
 _register_demo()
+_register_watch()
 
 if __name__ == "__main__":
     main()

@@ -18,7 +18,7 @@ from typing import Any
 
 import trio
 
-from mirrorcore import api, control, fsm, heart
+from mirrorcore import api, control, fsm, heart, watch
 from mirrorcore.config import ModuleConfig
 from mirrorcore.modlog import ModuleLog
 from mirrorcore.paths import Paths
@@ -91,6 +91,9 @@ class Daemon:
             local=self._beat_fields,
         )
         self.mirror = Mirror(paths, config, key, self.log, self._mirror_changed) if config.rfs is not None else None
+        self.watch = watch.Watch(
+            config, paths, self.log, self.vip, node=lambda: self.node, submit=self.submit, kick=self.heart.kick
+        )
         self._events_send, self._events_recv = trio.open_memory_channel[_Item](256)
         self._nursery: trio.Nursery | None = None
 
@@ -108,6 +111,7 @@ class Daemon:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     await nursery.start(self.heart.run)
+                    await nursery.start(self.watch.run)
                     nursery.start_soon(self._pump_heartbeats)
                     nursery.start_soon(self._event_loop)
                     await nursery.start(api.serve, self.config.name, self.status, self.config.port)
@@ -128,6 +132,8 @@ class Daemon:
             return control.Reply(ok=True, message=self.node.reason, status=self.status())
         if request.cmd == "failover":
             return self._set_failover(bool(request.args.get("on")), request.initiator)
+        if request.cmd in watch.COMMANDS:
+            return replace(self.watch.handle(request), status=self.status())
         if request.cmd not in FSM_COMMANDS:
             return control.Reply(ok=False, message=f"unknown command {request.cmd!r}")
         if request.cmd in ("start", "prim", "primforce") and self.config.rfs is not None:
@@ -143,12 +149,16 @@ class Daemon:
         words = f"{request.cmd}{' fullsync' if fullsync else ''}"
         self.log.write(f"Action {words} called", initiator=request.initiator)
         event = fsm.Command(name=request.cmd, now=time.time(), initiator=request.initiator, fullsync=fullsync)
-        reply_send, reply_recv = trio.open_memory_channel[fsm.Step](1)
-        await self._events_send.send((event, reply_send))
-        step = await reply_recv.receive()
+        step = await self.submit(event)
         if step.refused is not None:
             return control.Reply(ok=False, message=step.refused, status=self.status())
         return control.Reply(ok=True, message=step.reason, status=self.status())
+
+    async def submit(self, event: fsm.Event) -> fsm.Step:
+        """Feeds one event to the state machine, in turn with every other, and returns its step."""
+        reply_send, reply_recv = trio.open_memory_channel[fsm.Step](1)
+        await self._events_send.send((event, reply_send))
+        return await reply_recv.receive()
 
     def status(self) -> dict[str, Any]:
         """The status object shared by `state --json`, `/api/state` and the heartbeats' readers."""
@@ -181,6 +191,7 @@ class Daemon:
             "peer": peer,
             "pid": os.getpid(),
             "rfs": self.mirror.status() if self.mirror is not None else None,
+            **self.watch.status(),
         }
 
     # ---- inputs ------------------------------------------------------------------------
@@ -190,14 +201,23 @@ class Daemon:
             if isinstance(event, heart.PeerBeat):
                 self.peer_beat = event.beat
                 self.peer_alive = True
+                self.watch.peer_beat(event.beat)
                 await self._events_send.send((fsm.PeerSeen(peer=_peer_view(event.beat), now=time.time()), None))
             elif isinstance(event, heart.LinkChanged):
-                word = "up" if event.alive else "down"
-                self.log.write(f"Resource heartbeat.{event.ident} set to {word}", initiator="heart")
+                self.watch.link_changed(event.ident, event.alive)  # logs "Resource heartbeat.X set to ..."
             elif isinstance(event, heart.AllLost):
                 self.peer_alive = False
                 self.log.write(f"All heartbeats from {self.config.peer} lost", level="E", initiator="heart")
-                await self._events_send.send((fsm.PeerLost(now=time.time()), None))
+                self.watch.all_lost()
+                assert self._nursery is not None
+                self._nursery.start_soon(self._peer_lost)
+
+    async def _peer_lost(self) -> None:
+        """Every heartbeat is lost: ask the split-brain witness (if any) before telling the state machine."""
+        witness = await self.watch.witness()
+        if self.peer_alive:
+            return  # heard again while asking: nothing is lost
+        await self._events_send.send((fsm.PeerLost(now=time.time(), witness=witness), None))
 
     async def _event_loop(self) -> None:
         async for event, reply in self._events_recv:
@@ -212,6 +232,7 @@ class Daemon:
     async def _apply(self, step: fsm.Step, event: fsm.Event) -> None:
         before = self.node
         self.node = step.node
+        self.watch.node_changed(before, step.node)
         moved = (before.state, before.color) != (step.node.state, step.node.color)
         if moved or before.reason != step.node.reason:
             self.log.write(
@@ -308,6 +329,7 @@ class Daemon:
             "reason": node.reason,
             "port": self.config.port,
             "mirroring": self.mirror is not None and self.mirror.mirroring,
+            "resources": heart.pack_resources(self.watch.resources.snapshot()),
         }
 
     def _mirror_changed(self) -> None:
@@ -341,6 +363,8 @@ def _initiator(event: fsm.Event) -> str | None:
         return "heart"
     if isinstance(event, fsm.ScriptDone):
         return event.script
+    if isinstance(event, fsm.RuleCleared):
+        return event.rule
     return "daemon"
 
 

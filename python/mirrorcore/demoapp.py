@@ -4,14 +4,19 @@
 value as a file under the data directory and makes it durable (fsync of the file
 and of the directory) before answering, as a database would at commit.
 ``get URL`` and ``put URL VALUE`` are the client side, used from the lab's client.
+
+SIGUSR1 makes the server stop answering (it closes its port) while the process lives on,
+as a hung application would: what the demo's `tcp` checker is there to notice.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import sys
+import threading
 import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -83,7 +88,11 @@ def serve(port: int, data_dir: Path) -> None:
     node = os.environ.get("NODE", socket.gethostname())
     server = ThreadingHTTPServer(("0.0.0.0", port), make_handler(data_dir, node))
     server.daemon_threads = True
+    # shutdown() waits for serve_forever to return, so it cannot run in the handler's (main) thread.
+    signal.signal(signal.SIGUSR1, lambda *_: threading.Thread(target=server.shutdown).start())
     server.serve_forever()
+    server.server_close()
+    threading.Event().wait()  # hung: alive, port closed, until killed
 
 
 def request(method: str, url: str, body: bytes | None = None, timeout: float = 3.0) -> tuple[int, str, str]:
@@ -102,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     srv = sub.add_parser("serve")
     srv.add_argument("--port", type=int, default=8080)
     srv.add_argument("--data", type=Path, default=Path("/srv/demo/data"))
+    srv.add_argument("--lab", default="", help="the lab's name, so that errd tells labs sharing /proc apart")
     get = sub.add_parser("get")
     get.add_argument("url")
     put = sub.add_parser("put")

@@ -23,6 +23,7 @@ MODULE = "demo"
 VIP = "10.201.0.100"
 APP_PORT = 8080
 NODES = ("node1", "node2")
+WITNESS = "10.201.0.10"  # the lab's client: the split-brain witness
 
 CLUSTER_XML = """<cluster>
   <lans>
@@ -34,6 +35,7 @@ CLUSTER_XML = """<cluster>
 
 USERCONFIG_XML = """<safe>
   <macro name="APP_PORT" value="{app_port}"/>
+  <macro name="LAB" value="{lab}"/>
   <service mode="mirror" failover="{failover}" defaultprim="{defaultprim}" maxloop="{maxloop}"
            loop_interval="{loop_interval}">
     <heart pulse="{pulse}" timeout="{timeout}">
@@ -55,7 +57,19 @@ USERCONFIG_XML = """<safe>
     <user nicestoptimeout="5s" forcestoptimeout="5s">
       <var name="APP_PORT" value="%APP_PORT%"/>
       <var name="PYTHON" value="{python}"/>
+      <var name="LAB" value="%LAB%"/>
     </user>
+    <errd polltimer="1s">
+      <!-- The app by its command line. The lab's nodes (and other labs) share one /proc: the lab's
+           name in the command line keeps other labs' apps out of the count. -->
+      <proc name="demoapp" argregex="mirrorcore[.]demoapp serve .*--lab %LAB%( |$)" atleast="1"
+            action="restart" class="prim"/>
+    </errd>
+    <check>
+      <tcp ident="app" when="prim"><to addr="127.0.0.1" port="%APP_PORT%" interval="1s" timeout="1s"/></tcp>
+      <splitbrain ident="witness" exec="ping" arg="{witness}"/>
+    </check>
+    <failover handle_time="{handle_time}"><![CDATA[{rules}]]></failover>
   </service>
 </safe>
 """
@@ -64,7 +78,7 @@ START_PRIM = """#!/bin/sh
 # start_prim CURRENT NEXT ACTION: start the demo key-value service in the background.
 echo "start_prim $*"
 mkdir -p /srv/demo/data /run/mirrorcore
-setsid "$PYTHON" -m mirrorcore.demoapp serve --port "$APP_PORT" --data /srv/demo/data \\
+setsid "$PYTHON" -m mirrorcore.demoapp serve --port "$APP_PORT" --data /srv/demo/data --lab "$LAB" \\
     </dev/null >>/var/log/mirrorcore/demo/app.log 2>&1 &
 echo $! > /run/mirrorcore/demoapp.pid
 # Ready when it answers.
@@ -104,6 +118,8 @@ class DemoSettings:
     loop_interval: str = "24h"
     async_mode: str = "second"
     sendtimeout: str = "5s"
+    handle_time: str = "0"
+    rules: str = ""  # the <failover> rules, besides the default ones
 
 
 class DemoCluster:
@@ -128,6 +144,10 @@ class DemoCluster:
             loop_interval=settings.loop_interval,
             async_mode=settings.async_mode,
             sendtimeout=settings.sendtimeout,
+            handle_time=settings.handle_time,
+            rules=settings.rules,
+            lab=self.lab.name,
+            witness=WITNESS,
         )
         for node in NODES:
             etc = self.lab.host_path(node, "/etc/mirrorcore")

@@ -265,9 +265,9 @@ def _accepted(s: Settings, node: Node, c: Command) -> Step:
             return _refuse(
                 node, f"swap needs this node PRIM green and {s.peer} SECOND green; this node is {state.value}"
             )
-        why = f"swap: handing the application to {s.peer}"
-        return begin_stop(node, Goal.STOPSTART, why, STOPPED, exit_=False)
+        why = f"{cause}swap: handing the application to {s.peer}"
+        return begin_stop(node, Goal.STOPSTART, why, why, exit_=False)
     why = f"{cause}stopstart: stopping, then starting again"
     if c.initiator == DEFAULTPRIM_INITIATOR:
         why = f"defaultprim={s.peer}: handing the application back to {s.peer}"
-    return begin_stop(node, Goal.STOPSTART, why, STOPPED, exit_=False)
+    return begin_stop(node, Goal.STOPSTART, why, why, exit_=False)

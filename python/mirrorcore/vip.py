@@ -129,11 +129,30 @@ class VipManager:
                 if a.where == "one_side":
                     self._route_source(ipr, home, vip)
                 log.info("VIP %s set on %s", vip, home.ifname)
-                try:
-                    garp.announce(home.ifname, home.index, str(vip), home.mac, count=self.announce_count)
-                except OSError as e:
-                    # The VIP works anyway; neighbours learn it when their cache entries expire.
-                    log.warning("VIP %s: could not announce it on %s: %s", vip, home.ifname, e)
+                self._announce(home, vip)
+
+    def announce(self) -> list[str]:
+        """Announces again every VIP configured here (after another host claimed one); returns those announced.
+
+        A host that answered for the VIP during a duplicate-address episode left its MAC address in
+        its neighbours' caches; the owner's gratuitous ARP / unsolicited NA points them back.
+        """
+        done: list[str] = []
+        with IPRoute() as ipr:
+            for a in self.addrs:
+                vip = ipaddress.ip_address(a.addr)
+                if self._configured(ipr, vip) and self._announce(self._home(ipr, vip), vip):
+                    done.append(a.addr)
+        return done
+
+    def _announce(self, home: _Home, vip: IPAddress) -> bool:
+        try:
+            garp.announce(home.ifname, home.index, str(vip), home.mac, count=self.announce_count)
+        except OSError as e:
+            # The VIP works anyway; neighbours learn it when their cache entries expire.
+            log.warning("VIP %s: could not announce it on %s: %s", vip, home.ifname, e)
+            return False
+        return True
 
     def _route_source(self, ipr: _IPRoute, home: _Home, src: IPAddress) -> None:
         try:

@@ -22,23 +22,27 @@ __all__ = ["WITNESS_TIMEOUT", "witness_reachable"]
 WITNESS_TIMEOUT = 5.0
 
 
-async def witness_reachable(check: SplitBrainCheck, *, bin_dir: Path | None = None) -> bool:
-    """Whether this node reaches the witness within WITNESS_TIMEOUT seconds.
+async def witness_reachable(
+    check: SplitBrainCheck, *, bin_dir: Path | None = None, within: float = WITNESS_TIMEOUT
+) -> bool:
+    """Whether this node reaches the witness within `within` seconds.
 
     Args:
         check: the `<splitbrain>` element.
         bin_dir: where a relative `exec` other than "ping" is looked up.
+        within: seconds allowed (the daemon shortens it when heartbeats are fast: the node that
+            misses the witness keeps the application that long while the other takes over).
 
     Returns:
         True when a witness address answers (or the program exits with status 0). The daemon sets
         `splitbrain.<ident>` up or down from it and tells the state machine.
     """
     if check.exec == "ping":
-        return await reachable(check.args, WITNESS_TIMEOUT)
+        return await reachable(check.args, within)
     exe = Path(check.exec)
     if not exe.is_absolute() and bin_dir is not None:
         exe = bin_dir / exe
-    with trio.move_on_after(WITNESS_TIMEOUT):
+    with trio.move_on_after(within):
         try:
             result = await trio.run_process(
                 [str(exe), *check.args],
