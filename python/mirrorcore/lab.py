@@ -326,6 +326,9 @@ class Lab:
     def crash(self, node: str, *, unmount: bool = True) -> None:
         """SIGKILLs every process of a node (not its namespace holder), as if the machine lost power.
 
+        Addresses added at run time (a VIP) go too: a dead machine answers no ARP, and one that
+        reboots comes back with its configured addresses only.
+
         Args:
             node: the node to crash.
             unmount: also drop the node's FUSE mounts, as a reboot would; the namespace stays usable.
@@ -335,6 +338,8 @@ class Lab:
         if net is None or mnt is None:
             raise LabError(f"holder {pid} of {node} is gone; bring the lab up again")
         _kill_all({net}, {mnt}, exclude=[pid])
+        cmds = [f"addr flush dev {lan.dev} secondary" for lan in _LANS if any(h == node for h, _ in lan.hosts)]
+        _run(["ip", "-n", self.netns(node), "-batch", "-"], input="\n".join(cmds) + "\n")
         if unmount:
             for point in _fuse_mounts(Path(f"/proc/{pid}/mountinfo")):
                 _run(["nsenter", "-t", str(pid), "-m", "--", "umount", "-l", point])
