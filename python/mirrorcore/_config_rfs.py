@@ -55,6 +55,7 @@ class Rfs:
         sendtimeout: seconds without an answer after which the primary drops the secondary and
             goes ALONE; default 30; a bare number is seconds.
         dirs: the replicated directories, none nested in another.
+        nbrei: how many files a resync compares at once (`<rfs nbrei>`, 1 to 64); default 4.
     """
 
     async_mode: str
@@ -64,6 +65,7 @@ class Rfs:
     ackeach: bool
     sendtimeout: float
     dirs: tuple[Replicated, ...]
+    nbrei: int = 4
 
 
 def _relative(a: Attrs, attr: str, value: str) -> str:
@@ -137,6 +139,8 @@ def parse_rfs(el: etree._Element | None, file: Path) -> Rfs | None:
     syncdelta = a.duration("syncdelta", 0.0, "m", positive=False)
     ackeach = a.flag("ackeach", False)
     sendtimeout = a.duration("sendtimeout", 30.0, "s")
+    nbrei = a.integer("nbrei", 4, low=1, high=64)
+    assert nbrei is not None
     a.done()
     if blocksize < 4096 or blocksize > 64 << 20 or blocksize & (blocksize - 1):
         raise a.error(
@@ -158,4 +162,4 @@ def parse_rfs(el: etree._Element | None, file: Path) -> Rfs | None:
         dirs.append(rep)
     if not dirs:
         raise a.error("<rfs> has no <replicated dir>", 'add <replicated dir="/srv/data"/> inside it')
-    return Rfs(async_mode, blocksize, bw, syncdelta, ackeach, sendtimeout, tuple(dirs))
+    return Rfs(async_mode, blocksize, bw, syncdelta, ackeach, sendtimeout, tuple(dirs), nbrei)

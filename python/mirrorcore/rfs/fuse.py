@@ -64,6 +64,7 @@ from pyfuse3 import FUSEError
 
 from mirrorcore.rfs.filters import Filter
 from mirrorcore.rfs.inodes import ROOT_INODE, InodeTable, Node
+from mirrorcore.rfs.pending import NamespaceObserver
 from mirrorcore.rfs.replicator import Guard, Replicator
 
 if TYPE_CHECKING:
@@ -184,6 +185,8 @@ class MirrorFS(pyfuse3.Operations):
         self._handles: dict[int, _Handle] = {}
         self._dirs: dict[int, _Dir] = {}
         self._open_fds: dict[int, set[int]] = {}  # inode -> fds, for nameless (unlinked) files
+        # A resync under way follows the application's renames, unlinks and links (told right after forwarding).
+        self.observer: NamespaceObserver | None = None
 
     @property
     def root_fd(self) -> int:
@@ -523,6 +526,8 @@ class MirrorFS(pyfuse3.Operations):
             os.unlink(path, dir_fd=self._root)
         self._fwd(path, False, lambda r, p: r.unlink(p))
         self._stamp_parents(path)
+        if self.observer is not None:
+            self.observer.removed(path)
         self._relink(self.inodes.unlinked(parent_inode, name))
         await self._ack()
 
@@ -532,6 +537,8 @@ class MirrorFS(pyfuse3.Operations):
             os.rmdir(path, dir_fd=self._root)
         self._fwd(path, True, lambda r, p: r.rmdir(p))
         self._stamp_parents(path)
+        if self.observer is not None:
+            self.observer.removed(path)
         self.inodes.unlinked(parent_inode, name)
         await self._ack()
 
@@ -573,6 +580,8 @@ class MirrorFS(pyfuse3.Operations):
             self.inodes.renamed((parent_inode_old, name_old), (parent_inode_new, name_new), exchange=exchange)
             if not exchange:
                 self._relink(replaced)
+            if self.observer is not None:
+                self.observer.renamed(old, new, exchange=exchange)
         await self._ack()
 
     async def link(
@@ -587,6 +596,8 @@ class MirrorFS(pyfuse3.Operations):
             st = self._lstat(new)
         self._fwd(new, False, lambda r, p: r.link(existing, p))
         self._stamp_parents(new)
+        if self.observer is not None:
+            self.observer.linked(existing, new)
         await self._ack()
         return self._attr(st, self.inodes.learn(new_parent_inode, new_name, st).ino)
 

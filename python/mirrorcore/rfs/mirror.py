@@ -6,15 +6,23 @@ waits until each has mounted. `StartMirror("secondary")` opens one native `Recei
 per directory on the flow LAN. `StopMirror` stops the workers (they unmount) or closes
 the receivers (which first apply everything they acknowledged: a secondary that takes
 over starts the application on all the data the primary was told was safe).
+
+Resync (rfs/resync.py) runs in the primary's workers; their progress events are kept per
+directory (`status()["resync"]`) and `resync_command` sends them pause/resume/boost on their
+stdin. On the secondary, each receiver announces the copy id of `copy-<index>.json` (see
+rfs/copyids.py) and the record follows every completion mark that arrives; `request_full`
+sets it to 0 so that the next primary sends a full resync.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,11 +33,14 @@ from mirrorcore import _native
 from mirrorcore.config import ModuleConfig, Rfs
 from mirrorcore.modlog import ModuleLog
 from mirrorcore.paths import Paths
-from mirrorcore.rfs.fullsync import FULL_SYNC_MARK
+from mirrorcore.rfs.copyids import CopyRecord, SyncRecord
 from mirrorcore.rfs.worker import recover_stale_mount, replication_port
 
 WORKER_READY_SECONDS = 20.0
 WORKER_STOP_SECONDS = 10.0
+
+#: The commands `resync_command` passes to the workers.
+RESYNC_COMMANDS = ("pause", "resume", "boost", "unboost")
 
 
 class Mirror:
@@ -49,6 +60,8 @@ class Mirror:
         self._receivers: list[_native.Receiver] = []
         self.events: dict[str, Any] = {}
         self.tracking: dict[str, dict[str, Any]] = {}  # primary: directory -> the worker's latest tracking stats
+        self.resync: dict[str, dict[str, Any]] = {}  # primary: directory -> the worker's latest resync progress
+        self._copy_ids: list[int] = []  # secondary: per receiver, the copy id last saved in copy-<index>.json
         self._on_change = on_change
         self._streaming: dict[str, bool] = {}  # primary: directory -> the secondary has its copy and follows
         self._read_only: list[Path] = []  # secondary: directories overmounted read-only for applications
@@ -59,6 +72,7 @@ class Mirror:
         await self.stop()
         self.role = "primary"
         self.tracking = {}
+        self.resync = {}
         for index, replicated in enumerate(self.rfs.dirs):
             await trio.to_thread.run_sync(_prepare_dir, Path(replicated.dir))
             worker_log = self._worker_log()
@@ -73,7 +87,7 @@ class Mirror:
                         "--index",
                         str(index),
                     ],
-                    stdin=subprocess.DEVNULL,
+                    stdin=subprocess.PIPE,  # resync commands
                     stdout=subprocess.PIPE,
                     stderr=worker_log,
                 )
@@ -92,12 +106,18 @@ class Mirror:
         await self.stop()
         self.role = "secondary"
         self.tracking = {}
+        self.resync = {}
         local_addr, _ = self.config.lan_addrs(self.config.heart.flow_lan)
+        state_dir = self.paths.state_dir(self.config.name)
         for index, replicated in enumerate(self.rfs.dirs):
             await trio.to_thread.run_sync(_prepare_dir, Path(replicated.dir))
             port = replication_port(self.config.port, index)
-            receiver = await trio.to_thread.run_sync(_native.Receiver, replicated.dir, local_addr, port, self.key)
+            copy_id = await trio.to_thread.run_sync(_follow_primary, state_dir, index)
+            receiver = await trio.to_thread.run_sync(
+                functools.partial(_native.Receiver, replicated.dir, local_addr, port, self.key, copy_id=copy_id)
+            )
             self._receivers.append(receiver)
+            self._copy_ids.append(copy_id)
             if replicated.read_only:
                 # The receiver writes through the directory fd it opened before this overmount.
                 await trio.to_thread.run_sync(_read_only_overmount, Path(replicated.dir))
@@ -105,17 +125,74 @@ class Mirror:
             self.log.write(f"Receiving {replicated.dir} on {local_addr}:{port}", initiator="rfs")
 
     async def wait_synced(self) -> bool:
-        """Waits until every receiver holds a complete copy (the primary's full-sync mark arrived).
+        """Waits until every receiver's current session delivered its resync's completion mark.
+
+        The mark carries the copy id of that resync; it is saved in `copy-<index>.json` here.
 
         Returns:
             True once synced; False if replication stopped or restarted meanwhile (the wait is stale).
         """
         epoch = self._epoch
         while self._epoch == epoch:
-            if all(r.stats().get("mark", 0) >= FULL_SYNC_MARK for r in self._receivers):
+            await self._save_copy_ids()
+            if self._epoch == epoch and self.in_sync:
                 return True
             await trio.sleep(0.1)
         return False
+
+    @property
+    def in_sync(self) -> bool:
+        """Secondary: every receiver's current session has delivered its completion mark.
+
+        False while a primary that (re)connected is resyncing: the copy is not complete then.
+        """
+        return bool(self._receivers) and all(_session_synced(r) for r in self._receivers)
+
+    async def request_full(self) -> None:
+        """Secondary: the next primary sends a full resync (`second fullsync`, primforce, split-brain loser).
+
+        Call before `start_secondary` where possible: a primary that already connected chose its mode.
+        """
+        state_dir = self.paths.state_dir(self.config.name)
+        for index in range(len(self.rfs.dirs)):
+            await trio.to_thread.run_sync(CopyRecord(0, time.time()).save, state_dir, index)
+        for index, receiver in enumerate(self._receivers):
+            receiver.copy_id = 0
+            self._copy_ids[index] = 0
+        self.log.write("The next resync from the primary will be full (copy ids reset)", initiator="rfs")
+
+    async def resync_command(self, command: str) -> int:
+        """Primary: sends `command` (pause, resume, boost, unboost) to every worker's resync.
+
+        Returns:
+            How many workers it reached.
+
+        Raises:
+            ValueError: an unknown command.
+        """
+        if command not in RESYNC_COMMANDS:
+            raise ValueError(f"unknown resync command {command!r}: use one of {', '.join(RESYNC_COMMANDS)}")
+        line = (json.dumps({"cmd": command}) + "\n").encode()
+        sent = 0
+        for proc in self._workers:
+            if proc.stdin is None or proc.returncode is not None:
+                continue
+            try:
+                await proc.stdin.send_all(line)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                continue
+            sent += 1
+        self.log.write(f"Resync {command} sent to {sent} replication worker(s)", initiator="rfs")
+        return sent
+
+    async def _save_copy_ids(self) -> None:
+        """Saves the copy id of every receiver whose mark changed it since the last save."""
+        state_dir = self.paths.state_dir(self.config.name)
+        for index, receiver in enumerate(self._receivers):
+            copy_id = receiver.copy_id
+            if copy_id != self._copy_ids[index]:
+                await trio.to_thread.run_sync(CopyRecord(copy_id, time.time()).save, state_dir, index)
+                self._copy_ids[index] = copy_id
 
     async def stop(self) -> None:
         """Stops replicating: workers unmount and exit; receivers apply what they hold and close."""
@@ -136,9 +213,11 @@ class Mirror:
         read_only, self._read_only = self._read_only, []
         for dir in read_only:
             await trio.to_thread.run_sync(_remove_overmount, dir)
-        receivers, self._receivers = self._receivers, []
-        for receiver in receivers:
+        # The receivers apply what they hold as they close: a mark among it is saved after.
+        for receiver in self._receivers:
             await trio.to_thread.run_sync(receiver.close)
+        await self._save_copy_ids()
+        self._receivers, self._copy_ids = [], []
         self.role = None
 
     @property
@@ -159,6 +238,9 @@ class Mirror:
         if self.tracking:
             # What the secondary lacks, per directory (kept after a stop: what the saved map holds).
             out["tracking"] = dict(self.tracking)
+        if self.resync:
+            # The latest resync progress per directory (mode, files and bytes done/total, rate, ETA).
+            out["resync"] = dict(self.resync)
         return out
 
     async def _follow_worker(self, proc: trio.Process, dir: str, on_ready: Callable[[], None]) -> None:
@@ -173,21 +255,22 @@ class Mirror:
                 except ValueError:
                     continue
                 kind = event.pop("event", "?")
+                event.pop("dir", None)
                 if kind == "tracking":
-                    event.pop("dir", None)
                     self.tracking[dir] = event
+                elif kind == "resync":
+                    self.resync[dir] = event
                 elif kind == "ready":
                     on_ready()
                     self.log.write(f"Replicated directory {dir} mounted", initiator="rfs")
+                elif kind == "resync_mode":
+                    self.log.write(f"Resync of {dir}: {event.get('mode')} ({event.get('detail')})", initiator="rfs")
                 elif kind == "synced":
-                    self.events["last_full_sync"] = event
+                    self.resync[dir] = event
+                    self.events["last_resync"] = event
                     self._streaming[dir] = True
                     self._on_change()
-                    self.log.write(
-                        f"Secondary joined: full copy of {dir} sent ({event.get('files')} files, "
-                        f"{event.get('bytes')} bytes in {event.get('seconds')} s); now mirroring",
-                        initiator="rfs",
-                    )
+                    self.log.write(_synced_line(dir, event), initiator="rfs")
                 else:
                     if kind == "lost":
                         self._streaming[dir] = False
@@ -199,6 +282,28 @@ class Mirror:
         log_dir = self.paths.log_dir(self.config.name)
         log_dir.mkdir(parents=True, exist_ok=True)
         return os.open(log_dir / "worker.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+
+def _synced_line(dir: str, event: dict[str, Any]) -> str:
+    mib = 1 << 20
+    return (
+        f"Secondary joined: {event.get('mode')} resync of {dir} done in {event.get('seconds')} s: "
+        f"{event.get('files_done')} files ({event.get('bytes_done', 0) / mib:.1f} MiB) compared, "
+        f"{event.get('bytes_sent', 0) / mib:.1f} MiB sent; now mirroring"
+    )
+
+
+def _follow_primary(state_dir: Path, index: int) -> int:
+    """This node becomes secondary: the copy id its receiver announces; its primary-side record is void."""
+    SyncRecord.forget(state_dir, index)
+    return CopyRecord.load(state_dir, index).copy_id
+
+
+def _session_synced(receiver: _native.Receiver) -> bool:
+    """The receiver's current session delivered a completion mark (the copy id is that mark's)."""
+    stats = receiver.stats()
+    mark = stats.get("mark", 0)
+    return bool(stats.get("connected", 0)) and mark != 0 and mark == receiver.copy_id
 
 
 def missing_tocheck(rfs: Rfs) -> list[str]:

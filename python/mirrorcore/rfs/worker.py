@@ -159,11 +159,22 @@ async def _run_module(module: str, index: int) -> None:
 
     Tracks what the secondary lacks in `<lib>/<module>/dirty-<index>.bin` (see rfs/primary.py):
     loaded at start if present, saved with the clean flag after a clean stop (SIGTERM/SIGINT).
+    Resync commands from the daemon arrive on stdin (see primary.read_commands).
     """
     from mirrorcore.config import load_module
     from mirrorcore.keys import load_key
     from mirrorcore.paths import Paths
-    from mirrorcore.rfs.primary import LinkSettings, Tracking, keep_linked, report, report_tracking
+    from mirrorcore.rfs.primary import (
+        LinkSettings,
+        ResyncSettings,
+        Tracking,
+        keep_linked,
+        read_commands,
+        report,
+        report_tracking,
+    )
+    from mirrorcore.rfs.resync import CHUNK
+    from mirrorcore.rfs.throttle import Throttle
 
     paths = Paths.from_env()
     config = load_module(paths, module)
@@ -179,7 +190,9 @@ async def _run_module(module: str, index: int) -> None:
         bind_addr=local_addr,
     )
     filter = Filter.from_config(replicated)
-    tracking = Tracking(tracking_file(paths.state_dir(module), index), config.rfs.ruzone_blocksize)
+    state_dir = paths.state_dir(module)
+    tracking = Tracking(tracking_file(state_dir, index), config.rfs.ruzone_blocksize)
+    resync = ResyncSettings(replicated.dir, state_dir, index, config.rfs.nbrei, config.rfs.syncdelta)
     if tracking.loaded:
         trust = "trusted (clean stop)" if tracking.dirty.clean else "distrusted (the previous run did not stop cleanly)"
         report("tracking_loaded", dir=replicated.dir, trusted=tracking.dirty.clean, detail=f"map {trust}")
@@ -188,8 +201,12 @@ async def _run_module(module: str, index: int) -> None:
             functools.partial(serve, Path(replicated.dir), tracking.tracker(), filter, ackeach=config.rfs.ackeach)
         )
         report("ready", dir=replicated.dir)
-        nursery.start_soon(keep_linked, ops, ops.root_fd, filter, settings, tracking)
+        throttle = Throttle(config.rfs.reiallowedbw, burst=CHUNK)
+        nursery.start_soon(keep_linked, ops, filter, settings, tracking, resync, throttle)
         nursery.start_soon(report_tracking, tracking, replicated.dir)
+        if not os.isatty(0):
+            # The daemon's commands (pause, resume, boost) come on stdin, one JSON line each.
+            nursery.start_soon(read_commands, throttle, trio.lowlevel.FdStream(os.dup(0)))
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
                 log.info("signal %d: unmounting", signum)

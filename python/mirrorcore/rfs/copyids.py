@@ -1,0 +1,169 @@
+"""Which copy each node holds, per replicated directory, and how the next resync is chosen.
+
+Every completed resync ends with a `mark(copy_id)`, a fresh random 63-bit id. Two records keep
+track of it under `<lib>/<module>/`:
+
+- `copy-<index>.json` `{"copy_id", "at"}`: the copy this node's data belongs to. The secondary
+  writes it when a mark arrives (its receiver announces the id to every primary in the handshake);
+  the primary writes it when its resync completes, so that after a failover the old primary,
+  returning as secondary, still names the copy it shares with the new one. `copy_id` 0 asks for
+  a full copy (`Mirror.request_full`).
+- `sync-<index>.json` `{"copy_id", "pending_id", "in_sync_at", "complete"}`: the primary's view.
+  `complete` is cleared before a resync starts and set once its mark is on the secondary's disk;
+  `pending_id` is the id of a mark queued but not yet confirmed (the secondary may hold either);
+  `in_sync_at` is a wall-clock time before every operation the secondary may lack.
+
+`choose_mode` turns them into full / zones / timestamp with the reason (SPEC §7).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CopyRecord", "ModeChoice", "SyncRecord", "choose_mode", "new_copy_id"]
+
+log = logging.getLogger(__name__)
+
+#: Subtracted from `in_sync_at` on top of `<rfs syncdelta>`: a write stamped just before a clock read.
+TIMESTAMP_MARGIN = 2.0
+
+
+def new_copy_id() -> int:
+    """A fresh id for the mark that ends a resync (never 0, which means "no copy")."""
+    return secrets.randbits(63) or 1
+
+
+@dataclass(frozen=True)
+class CopyRecord:
+    """`copy-<index>.json`: the copy this node's data belongs to (0: none, or a full copy is asked for)."""
+
+    copy_id: int = 0
+    at: float = 0.0
+
+    @staticmethod
+    def file(state_dir: Path, index: int) -> Path:
+        return state_dir / f"copy-{index}.json"
+
+    @classmethod
+    def load(cls, state_dir: Path, index: int) -> CopyRecord:
+        data = _read(cls.file(state_dir, index))
+        if data is None:
+            return cls()
+        return cls(int(data.get("copy_id", 0)), float(data.get("at", 0.0)))
+
+    def save(self, state_dir: Path, index: int) -> None:
+        _write_atomic(self.file(state_dir, index), asdict(self))
+
+
+@dataclass(frozen=True)
+class SyncRecord:
+    """`sync-<index>.json`: the primary's account of its last resync to the secondary."""
+
+    copy_id: int
+    in_sync_at: float
+    complete: bool
+    pending_id: int = 0
+
+    @staticmethod
+    def file(state_dir: Path, index: int) -> Path:
+        return state_dir / f"sync-{index}.json"
+
+    @classmethod
+    def load(cls, state_dir: Path, index: int) -> SyncRecord | None:
+        """The saved record; else one derived from `copy-<index>.json` (this node was the secondary)."""
+        data = _read(cls.file(state_dir, index))
+        if data is not None:
+            try:
+                return cls(
+                    int(data["copy_id"]),
+                    float(data["in_sync_at"]),
+                    bool(data["complete"]),
+                    int(data.get("pending_id", 0)),
+                )
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("ignoring the unreadable resync record %s: %s", cls.file(state_dir, index), exc)
+        copy = CopyRecord.load(state_dir, index)
+        if copy.copy_id == 0:
+            return None
+        # A secondary that became primary: its data is that copy as of the mark plus what it received
+        # since; no tracking map covers that time, so the next resync goes by timestamp from the mark.
+        return cls(copy.copy_id, copy.at, complete=False)
+
+    def save(self, state_dir: Path, index: int) -> None:
+        _write_atomic(self.file(state_dir, index), asdict(self))
+
+    @staticmethod
+    def forget(state_dir: Path, index: int) -> None:
+        """This node is the secondary now: its primary-side record no longer describes its data."""
+        SyncRecord.file(state_dir, index).unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class ModeChoice:
+    """How the next resync runs, and why (logged and shown in `state`)."""
+
+    mode: str  # "full" | "zones" | "timestamp"
+    reason: str
+    since: float | None = None  # timestamp mode: files modified from then on are checked whole
+
+
+def choose_mode(peer_copy_id: int, record: SyncRecord | None, map_trusted: bool, syncdelta: float) -> ModeChoice:
+    """The resync mode for a secondary announcing `peer_copy_id` (SPEC §7).
+
+    Args:
+        peer_copy_id: the copy id the secondary's receiver announced (0: none, or a full copy asked for).
+        record: this primary's `sync-<index>.json`, None when there is none.
+        map_trusted: the tracking map covers every operation since the last resync (active, loaded or
+            started by a completed resync here, not distrusted).
+        syncdelta: `<rfs syncdelta>` seconds, subtracted from the sync time in timestamp mode.
+    """
+    if peer_copy_id == 0:
+        return ModeChoice("full", "the secondary holds no copy, or was asked for a full one")
+    if record is None:
+        return ModeChoice("full", "this node has no record of a copy shared with the secondary")
+    if peer_copy_id not in (record.copy_id, record.pending_id):
+        return ModeChoice("full", "the secondary holds another copy than this node's (copy ids differ)")
+    if record.complete and map_trusted:
+        return ModeChoice("zones", "same copy on both nodes and the tracking map is trusted: only what changed")
+    since = record.in_sync_at - syncdelta - TIMESTAMP_MARGIN
+    why = "the previous resync did not complete" if not record.complete else "the tracking map is not trusted"
+    return ModeChoice("timestamp", f"same copy on both nodes but {why}: files modified since the last sync", since)
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring the unreadable record %s: %s", path, exc)
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _write_atomic(path: Path, data: dict[str, object]) -> None:
+    """Temporary file, fsync, rename, fsync of the directory: after a crash, the old record or the new."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(json.dumps(data).encode() + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
