@@ -130,12 +130,14 @@ class Watch:
     def _build(self, paths: Paths) -> list[_Watched]:
         cfg, state = self.config, self.checker_state
         out: list[_Watched] = []
+        peers = [lan.addr(cfg.peer) for lan in cfg.cluster.lans]
         for iface in cfg.vips:
             if iface.check and iface.addrs:
                 out.append(_Watched(IntfChecker(iface.addrs[0].addr, state), "pre"))
             for a in iface.addrs:
                 if a.check:
-                    out.append(_Watched(IpChecker(a.addr, state, interval=IP_INTERVAL, timeout=ARP_TIMEOUT), "prim"))
+                    ip = IpChecker(a.addr, state, interval=IP_INTERVAL, timeout=ARP_TIMEOUT, peers=peers)
+                    out.append(_Watched(ip, "prim"))
         out += [_Watched(TcpChecker(c, state), c.when) for c in cfg.checks.tcp]
         out += [_Watched(PingChecker(c, state), c.when) for c in cfg.checks.ping]
         log_file = paths.log_dir(cfg.name) / "checkers.log"
@@ -187,8 +189,10 @@ class Watch:
             self.last_rule.outcome = f"refused: {step.refused}"
 
     async def _clear(self, action: str, rule: str, reason: str) -> None:
-        self.log.write(_sentence(reason), initiator=rule)
+        # Only a wait() waits for its rule to clear; other rules clear as soon as their action stops
+        # the checker (its resource goes unknown), which is not news.
         if action == "wait":
+            self.log.write(_sentence(reason), initiator=rule)
             await self._submit(fsm.RuleCleared(rule, reason, time.time()))
 
     async def _follow_changes(self) -> None:
@@ -206,11 +210,21 @@ class Watch:
                     continue
                 entry = self.resources.get(name)
                 by = entry.by if entry is not None else None
-                self.log.write(f"Resource {name} set to {value}", level="E" if value == "down" else "I", initiator=by)
+                why = self._why(name)
+                level = "E" if value == "down" else "I"
+                self.log.write(f"Resource {name} set to {value}{why}", level=level, initiator=by)
                 if name.startswith("ip.") and old == "down" and value == "up":
                     await self._announce_vip(name)
             before = now
             self._kick()
+
+    def _why(self, name: str) -> str:
+        """What the checker of `name` said about it, when it says more than up or down (the ip checker)."""
+        for w in self._watched:
+            if w.checker.resource == name:
+                why = getattr(w.checker, "why", "")
+                return f": {why}" if why else ""
+        return ""
 
     async def _announce_vip(self, name: str) -> None:
         node = self._node()

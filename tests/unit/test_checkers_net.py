@@ -123,6 +123,27 @@ def test_ip_checker_sees_the_vip_then_a_duplicate_then_its_removal(pair: Pair) -
     assert vip_status(pair) == ["down", f"VIP {VIP} is on no interface of this node"]
 
 
+def test_the_peer_node_answering_for_the_vip_is_a_split_brain_not_a_duplicate(pair: Pair) -> None:
+    for ns in (pair.a, pair.b):
+        run("ip", "-n", ns, "addr", "add", f"{VIP}/24", "dev", "eth0")
+    got = pair.python(
+        pair.a,
+        f"""
+        import json, trio
+        from mirrorcore.checkers import IpChecker, reachable
+        trio.run(reachable, ["{NET}.2"], 2.0)  # traffic with the peer, as heartbeats make
+        checker = IpChecker("{VIP}", lambda: "PRIM", timeout=0.5, peers=["{NET}.2"])
+        stranger = IpChecker("{VIP}", lambda: "PRIM", timeout=0.5)
+        print(json.dumps([checker._status(), sorted(checker.peer_macs), stranger._status()]))
+        """,
+    )
+    (value, why), macs, (other_value, _) = got
+    assert macs == [pair.mac(pair.b)]
+    assert (value, other_value) == ("up", "down")
+    assert "answered by the peer node" in why
+    assert "split brain" in why
+
+
 def test_ip_and_intf_checkers_run_as_tasks_and_follow_the_interface(pair: Pair) -> None:
     run("ip", "-n", pair.a, "addr", "add", f"{VIP}/24", "dev", "eth0")
     code = f"""

@@ -100,17 +100,18 @@ def arp_probe_frame(vip: str, mac: bytes) -> bytes:
     return ether + arp
 
 
-def arp_duplicate(ifname: str, vip: str, mac: str, timeout: float) -> str | None:
-    """Sends an ARP probe for `vip` on `ifname`; the MAC of another host that claims it, else None.
+def arp_claimers(ifname: str, vip: str, mac: str, timeout: float) -> list[str]:
+    """Sends an ARP probe for `vip` on `ifname`; the MACs of the other hosts that claim it within `timeout` s.
 
-    Any ARP from another MAC with `vip` as sender address within `timeout` seconds counts: a reply
-    to our probe, or that host's own announcement.
+    Any ARP from another MAC with `vip` as sender address counts: a reply to our probe, or that
+    host's own announcement.
 
     Raises:
         OSError: no packet socket (not root / no CAP_NET_RAW) or the interface is gone.
     """
     own = garp.parse_mac(mac)
     target = ipaddress.IPv4Address(vip).packed
+    found: list[str] = []
     with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(garp.ETH_P_ARP)) as sock:
         sock.bind((ifname, garp.ETH_P_ARP))
         sock.send(arp_probe_frame(vip, own))
@@ -124,6 +125,19 @@ def arp_duplicate(ifname: str, vip: str, mac: str, timeout: float) -> str | None
             if addr[2] == _PACKET_OUTGOING or len(data) < 42:
                 continue
             sha, spa = data[22:28], data[28:32]
-            if spa == target and sha != own:
-                return sha.hex(":")
-    return None
+            if spa == target and sha != own and sha.hex(":") not in found:
+                found.append(sha.hex(":"))
+    return found
+
+
+def neighbour_macs(addrs: list[str]) -> set[str]:
+    """The MAC addresses this host's neighbour tables hold for `addrs` (those it has heard from)."""
+    macs: set[str] = set()
+    with IPRoute() as ipr:
+        for addr in addrs:
+            family = _family(ipaddress.ip_address(addr).version)
+            for msg in ipr.get_neighbours(family=family, dst=addr):
+                lladdr = msg.get("NDA_LLADDR")
+                if lladdr:
+                    macs.add(str(lladdr))
+    return macs
