@@ -37,8 +37,10 @@ class Forwarder:
     `request_list` are queued in order too; the secondary answers each once it has applied every earlier operation, and
     `take_sums`/`take_needs`/`take_list(seq)` wait for the answer (GIL released; TimeoutError after `timeout`, the
     request staying pending; ConnectionError when the link dropped first, at once on a tracker; OSError when the
-    secondary failed to answer). Paths of `prune`/`request_list` may be b"" for the root, as may `ensure`'s for a
-    "dir". `peer_copy_id` is the copy id the secondary announced in the handshake (0: none).
+    secondary failed to answer). Like `barrier`, a take watches the link: when the secondary's applier shows no
+    progress (no flush, no reply) for `send_timeout`, the link is declared down and every waiter gets ConnectionError.
+    Paths of `prune`/`request_list` may be b"" for the root, as may `ensure`'s for a "dir". `peer_copy_id` is the
+    copy id the secondary announced in the handshake (0: none).
     """
 
     def __new__(
@@ -122,6 +124,13 @@ class Receiver:
 
     `copy_id` is announced to each primary in the handshake: the id given here or set later, replaced by the tag of
     every `mark` applied (and by 0 when a `reset` is applied).
+
+    `seed_needs(paths)` adds files this node changed itself (relative paths, validated as every wire path: ValueError,
+    nothing added) to the needs list, as changed (`created_now` False), before or during a session: the next
+    `request_needs` hands them back with the `ensure` quick-check failures (each path once; created_now True if an
+    `ensure` created it). Kept until handed out; handed-out seeds are seeded again for the next session unless a
+    `mark` is applied after them in the same session, and a `reset` forgets them (stats: `seeds_pending`,
+    `seeds_handed`).
     """
 
     def __new__(
@@ -142,6 +151,7 @@ class Receiver:
     def port(self) -> int: ...
     @property
     def last_error(self) -> str | None: ...
+    def seed_needs(self, paths: list[bytes]) -> None: ...
     def stats(self) -> dict[str, int]: ...
     def drain(self, timeout: float) -> int: ...
     def close(self) -> None: ...

@@ -12,6 +12,14 @@
 //! them, so a reply reflects every earlier operation and no later one, in
 //! either mode. The applier also keeps the copy id: an applied
 //! [`Op::Mark`] makes its tag the copy id, an [`Op::Reset`] makes it 0.
+//!
+//! Seeded needs ([`Cache::seed_needs`]): paths this node changed itself while
+//! it was primary. The applier hands them, merged into its needs list, to the
+//! next `RequestNeeds`. Handed-out seeds are kept aside until a `Mark` is
+//! applied in the same session (the primary's resync completed); should the
+//! session end first, they are seeded again for the next primary, whose
+//! resync must cover them too. An applied `Reset` forgets them (a full copy
+//! follows).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -80,6 +88,10 @@ struct State {
     closing: bool,
     /// Counts sessions: the applier forgets its needs list when it changes.
     session: u64,
+    /// Seeded needs not handed out yet.
+    seeds: Vec<Vec<u8>>,
+    /// Seeded needs handed out in this session, until a mark says they were resynced.
+    handed: Vec<Vec<u8>>,
 }
 
 impl Cache {
@@ -95,6 +107,8 @@ impl Cache {
                 flush_wanted: false,
                 closing: false,
                 session: 0,
+                seeds: Vec::new(),
+                handed: Vec::new(),
             }),
             work: Condvar::new(),
             space: Condvar::new(),
@@ -132,6 +146,30 @@ impl Cache {
         // Marks are per session: a new primary's copy is complete only once it says so.
         s.stats.mark = 0;
         s.session += 1;
+        // Handed to a primary whose resync did not complete: the next one must cover them.
+        let handed = std::mem::take(&mut s.handed);
+        s.seeds.extend(handed);
+    }
+
+    /// Adds paths to the needs list the next `RequestNeeds` hands back, as
+    /// changed (not created); kept across sessions until handed out (see the
+    /// module docs). The caller validates them.
+    pub fn seed_needs(&self, paths: Vec<Vec<u8>>) {
+        self.lock().seeds.extend(paths);
+    }
+
+    /// Seeded needs not handed out yet, and handed out but not yet resynced.
+    pub fn seeded(&self) -> (usize, usize) {
+        let s = self.lock();
+        (s.seeds.len(), s.handed.len())
+    }
+
+    /// The seeds for the `RequestNeeds` being answered (kept aside until a mark).
+    fn hand_seeds(&self) -> Vec<Vec<u8>> {
+        let mut s = self.lock();
+        let seeds = std::mem::take(&mut s.seeds);
+        s.handed.extend(seeds.iter().cloned());
+        seeds
     }
 
     /// Queues a verified operation; blocks while the cache is full.
@@ -229,6 +267,9 @@ impl Cache {
                     continue;
                 }
                 if entry.op.is_request() {
+                    if entry.op == Op::RequestNeeds {
+                        applier.seed_needs(self.hand_seeds());
+                    }
                     let reply = applier.answer(&entry.op);
                     let mut s = self.lock();
                     if let Reply::Failed { message, .. } = &reply {
@@ -247,9 +288,16 @@ impl Cache {
                     s.stats.last_error =
                         Some(format!("applying seq {} ({}): {e}", entry.seq, entry.op));
                 } else if let Op::Mark { tag } = entry.op {
-                    self.lock().stats.mark = tag;
+                    let mut s = self.lock();
+                    s.stats.mark = tag;
+                    s.handed.clear(); // the resync that got them completed
+                    drop(s);
                     self.set_copy_id(tag);
                 } else if entry.op == Op::Reset {
+                    let mut s = self.lock();
+                    s.seeds.clear();
+                    s.handed.clear();
+                    drop(s);
                     self.set_copy_id(0);
                 }
                 dirty_since.get_or_insert_with(Instant::now);
@@ -405,6 +453,72 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1));
         }
         assert!(dir.join("g").exists());
+        cache.close();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Keeps the replies the applier sends.
+    #[derive(Default)]
+    struct Answers(Mutex<Vec<(u64, Reply)>>);
+
+    impl AckSink for Answers {
+        fn send(&self, _ack: Ack) {}
+        fn reply(&self, seq: u64, reply: &Reply) {
+            self.0.lock().unwrap().push((seq, reply.clone()));
+        }
+    }
+
+    fn needs_of(cache: &Cache, answers: &Answers, seq: u64) -> Vec<(bool, Vec<u8>)> {
+        assert!(cache.push(seq, Op::RequestNeeds, 10));
+        cache.drain(Some(Duration::from_secs(10))).unwrap();
+        match answers.0.lock().unwrap().pop() {
+            Some((s, Reply::Needs(n))) if s == seq => n,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn changed(paths: &[&str]) -> Vec<(bool, Vec<u8>)> {
+        paths
+            .iter()
+            .map(|p| (false, p.as_bytes().to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn seeds_wait_for_a_request_and_come_back_until_a_mark_says_they_were_resynced() {
+        let dir =
+            std::env::temp_dir().join(format!("mirrorcore-cache-seeds-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let cache = Cache::new(1 << 20, 0);
+        // Before any session, kept through a session that asks nothing.
+        cache.seed_needs(vec![b"a".to_vec(), b"b".to_vec()]);
+        let applier = Applier::new(&dir).unwrap();
+        let c = cache.clone();
+        std::thread::spawn(move || c.run_applier(applier));
+        let answers = Arc::new(Answers::default());
+        cache.start_session(Mode::Second, answers.clone());
+        assert!(cache.push(1, create("f"), 10));
+        cache.drain(Some(Duration::from_secs(10))).unwrap();
+        cache.start_session(Mode::None, answers.clone());
+        assert_eq!(cache.seeded(), (2, 0));
+        // During a session too.
+        cache.seed_needs(vec![b"c".to_vec(), b"a".to_vec()]);
+        assert_eq!(needs_of(&cache, &answers, 1), changed(&["a", "b", "c"]));
+        assert_eq!(cache.seeded(), (0, 4));
+        assert_eq!(needs_of(&cache, &answers, 2), []);
+        // That session ends before its mark: the next primary gets them.
+        cache.start_session(Mode::Second, answers.clone());
+        assert_eq!(needs_of(&cache, &answers, 1), changed(&["a", "b", "c"]));
+        assert!(cache.push(2, Op::Mark { tag: 5 }, 10));
+        cache.drain(Some(Duration::from_secs(10))).unwrap();
+        assert_eq!(cache.seeded(), (0, 0));
+        cache.start_session(Mode::Second, answers.clone());
+        assert_eq!(needs_of(&cache, &answers, 1), []);
+        // A reset forgets them: a full copy follows.
+        cache.seed_needs(vec![b"d".to_vec()]);
+        assert!(cache.push(2, Op::Reset, 10));
+        assert_eq!(needs_of(&cache, &answers, 3), []);
         cache.close();
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -23,7 +23,7 @@
 
 use std::collections::VecDeque;
 use std::io::{BufReader, BufWriter, Write};
-use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{Shutdown, TcpStream};
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -36,6 +36,7 @@ use crate::dirty::DirtyMap;
 use crate::error::{MirrorError, Result};
 use crate::reply::Replies;
 use crate::wire::{self, AckKind, Message, Op, WRITE_CHUNK};
+use dial::dial;
 
 /// How to reach and authenticate to the secondary.
 pub struct Config {
@@ -118,6 +119,8 @@ struct Queue {
 struct Link {
     acked: u64,
     flushed: u64,
+    /// The applier's last progress (`flushed` raised, a reply): stalls of `take` count from it.
+    answered: Instant,
     error: Option<String>,
 }
 
@@ -153,6 +156,7 @@ impl Forwarder {
             link: Mutex::new(Link {
                 acked: 0,
                 flushed: 0,
+                answered: Instant::now(),
                 error: None,
             }),
             link_changed: Condvar::new(),
@@ -204,6 +208,7 @@ impl Forwarder {
             link: Mutex::new(Link {
                 acked: 0,
                 flushed: 0,
+                answered: Instant::now(),
                 error: Some("tracking only: no link".into()),
             }),
             link_changed: Condvar::new(),
@@ -341,12 +346,7 @@ impl Forwarder {
             let stall_end = since + s.send_timeout;
             if now >= stall_end {
                 drop(link);
-                let why = format!(
-                    "no ack progress for {:?} waiting for seq {target}",
-                    s.send_timeout
-                );
-                s.fail(&why);
-                return Err(MirrorError::Timeout(why));
+                return Err(s.stalled(&format!("waiting for the ack of seq {target}")));
             }
             if deadline.is_some_and(|d| now >= d) {
                 return Err(MirrorError::Timeout(format!(
@@ -385,6 +385,21 @@ impl Forwarder {
     /// Where replies to requests arrive.
     pub(crate) fn replies(&self) -> &Replies {
         &self.shared.replies
+    }
+
+    /// Stall protection of a `take` that began at `start`: when to check again, or `None`
+    /// when no link is up (a tracker, a link down, or one this call just declared down).
+    pub(crate) fn reply_stall(&self, start: Instant, seq: u64) -> Option<Instant> {
+        let s = &self.shared;
+        if s.stream.is_none() || !s.connected.load(Ordering::SeqCst) {
+            return None;
+        }
+        let stall_end = start.max(lock(&s.link).answered) + s.send_timeout;
+        if Instant::now() < stall_end {
+            return Some(stall_end);
+        }
+        s.stalled(&format!("waiting for the reply to seq {seq}"));
+        None
     }
 
     /// Last seq handed out.
@@ -586,6 +601,7 @@ impl Shared {
         loop {
             let why = match wire::read_message(&mut r, &self.keys.ack) {
                 Ok(Message::Reply { seq, reply }) => {
+                    lock(&self.link).answered = Instant::now();
                     self.replies.deliver(seq, reply);
                     continue;
                 }
@@ -595,6 +611,9 @@ impl Shared {
                         AckKind::Hello => {}
                         AckKind::Received => link.acked = link.acked.max(ack.seq),
                         AckKind::Flushed => {
+                            if ack.seq > link.flushed {
+                                link.answered = Instant::now();
+                            }
                             link.flushed = link.flushed.max(ack.seq);
                             link.acked = link.acked.max(ack.seq);
                         }
@@ -616,6 +635,14 @@ impl Shared {
             self.fail(&why);
             return;
         }
+    }
+
+    /// Stall protection of `barrier` and `take`: no progress for `send_timeout` while `what`
+    /// was awaited. Declares the link down (waking every waiter); the stalled waiter's error.
+    fn stalled(&self, what: &str) -> MirrorError {
+        let why = format!("{what}: no progress for {:?}", self.send_timeout);
+        self.fail(&why);
+        MirrorError::Timeout(why)
     }
 
     /// Declares the link down (first reason wins) and wakes every waiter.
@@ -665,35 +692,10 @@ fn restamp(mut frame: Vec<u8>, seq: u64) -> Vec<u8> {
     frame
 }
 
-fn dial(cfg: &Config) -> Result<TcpStream> {
-    let addrs: Vec<SocketAddr> = (cfg.peer.as_str(), cfg.port).to_socket_addrs()?.collect();
-    let mut last = None;
-    for addr in addrs {
-        let socket = socket2::Socket::new(
-            socket2::Domain::for_address(addr),
-            socket2::Type::STREAM,
-            None,
-        )?;
-        if let Some(bind) = &cfg.bind_addr {
-            let ip: IpAddr = bind.parse().map_err(|_| {
-                MirrorError::InvalidArgument(format!("bind_addr {bind:?} is not an IP address"))
-            })?;
-            socket.bind(&SocketAddr::new(ip, 0).into())?;
-        }
-        match socket.connect_timeout(&addr.into(), cfg.connect_timeout) {
-            Ok(()) => return Ok(socket.into()),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.map_or_else(
-        || MirrorError::InvalidArgument(format!("no address for {:?}", cfg.peer)),
-        Into::into,
-    ))
-}
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+mod dial;
 #[cfg(test)]
 mod tests;

@@ -140,11 +140,28 @@ impl Receiver {
         self.shared.cache.set_copy_id(id);
     }
 
+    /// Adds `paths` to the needs list, as changed, for the next `RequestNeeds`
+    /// (this session's or a later one's; see [`Cache::seed_needs`]).
+    ///
+    /// # Errors
+    /// [`MirrorError::InvalidPath`] for a path that is not relative to the
+    /// root (nothing is seeded then).
+    pub fn seed_needs(&self, paths: Vec<Vec<u8>>) -> Result<()> {
+        for path in &paths {
+            crate::wire::validate_path(path)?;
+        }
+        self.shared.cache.seed_needs(paths);
+        Ok(())
+    }
+
     /// Counters: `received_seq`, `applied_seq`, `flushed_seq`, `frames_rejected`, ….
     pub fn stats(&self) -> Vec<(&'static str, u64)> {
         let c = self.shared.cache.stats();
         let s = &self.shared;
+        let (seeds, handed) = self.shared.cache.seeded();
         vec![
+            ("seeds_pending", seeds as u64),
+            ("seeds_handed", handed as u64),
             ("received_seq", c.received),
             ("applied_seq", c.applied),
             ("flushed_seq", c.flushed),

@@ -7,6 +7,8 @@
 //! the table, where [`Forwarder::take`] finds it by seq. When the link goes
 //! down every waiter wakes and gets [`MirrorError::Disconnected`] (a reply
 //! that arrived before still counts); a tracker has no link and fails at once.
+//! A waiter also watches the secondary's applier: no flush and no reply for
+//! the forwarder's `send_timeout` declares the link down, as a barrier does.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -123,13 +125,30 @@ impl Forwarder {
         Ok(seq)
     }
 
-    /// Waits for the reply to request `seq` (see [`Replies::take`]).
+    /// Waits for the reply to request `seq` (see [`Replies::take`]), with a
+    /// barrier's stall protection: when the secondary's applier shows no
+    /// progress (no flush, no reply) for `send_timeout`, the link is declared
+    /// down and every waiter gets [`MirrorError::Disconnected`].
     ///
     /// # Errors
     /// As [`Replies::take`]; a [`Reply::Failed`] becomes the secondary's I/O
     /// error, errno kept (its message is in the secondary's `last_error`).
     pub fn take(&self, seq: u64, timeout: Option<Duration>) -> Result<Reply> {
-        match self.replies().take(seq, timeout)? {
+        let start = Instant::now();
+        let deadline = timeout.map(|t| start + t);
+        let reply = loop {
+            let until = match (self.reply_stall(start, seq), deadline) {
+                (Some(stall), Some(d)) => Some(stall.min(d)),
+                (stall, d) => stall.or(d),
+            };
+            let wait = until.map(|u| u.saturating_duration_since(Instant::now()));
+            match self.replies().take(seq, wait) {
+                // Only the stall check is due: check, then wait on.
+                Err(MirrorError::Timeout(_)) if deadline.is_none_or(|d| Instant::now() < d) => {}
+                reply => break reply?,
+            }
+        };
+        match reply {
             Reply::Failed { errno, .. } => {
                 Err(MirrorError::Io(std::io::Error::from_raw_os_error(errno)))
             }

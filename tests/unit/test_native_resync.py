@@ -11,7 +11,7 @@ import errno
 import os
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -176,6 +176,54 @@ def test_ensure_fills_the_needs_list_and_replaces_other_kinds(
     assert os.getxattr(sec / "xattrs", "user.keep") == b"new"
 
 
+def test_seeded_needs_come_back_as_changed_with_the_quick_check_failures(
+    fwd: Forwarder, receiver: Receiver, roots: tuple[Path, Path]
+) -> None:
+    prim, sec = roots
+    (prim / "longer").write_bytes(b"x" * 20)
+    (sec / "longer").write_bytes(b"x" * 10)
+    (sec / "mine").write_bytes(b"changed here while this node was primary")
+    # During the session, before and after the ensures: each path comes back once.
+    receiver.seed_needs([b"mine", b"new"])
+    for name in ("longer", "new"):
+        fwd.ensure(name.encode(), "file", 0o100644, -1, -1, size=20, mtime_ns=os.stat(prim / "longer").st_mtime_ns)
+    receiver.seed_needs([b"longer", b"d/deep", b"mine"])
+    needs = fwd.take_needs(fwd.request_needs(), timeout=30.0)
+    assert sorted(needs) == [(False, b"d/deep"), (False, b"longer"), (False, b"mine"), (True, b"new")]
+    assert len(needs) == 4
+    assert fwd.take_needs(fwd.request_needs(), timeout=30.0) == []  # handed back once
+    for bad in (b"", b"/etc/passwd", b"../out", b"a/./b"):
+        with pytest.raises(ValueError, match="invalid path"):
+            receiver.seed_needs([b"fine", bad])
+    assert receiver.stats()["seeds_pending"] == 0  # a call with a bad path seeds nothing
+    assert fwd.take_needs(fwd.request_needs(), timeout=30.0) == []
+
+
+@pytest.mark.parametrize("mode", ["none", "second"])
+def test_a_seed_before_the_session_is_kept_until_a_resync_completes(receiver: Receiver, mode: str) -> None:
+    receiver.seed_needs([b"a/changed", b"b"])
+    Forwarder("127.0.0.1", receiver.port, KEY, mode=mode).close()  # a session that asks nothing
+    fwd = Forwarder("127.0.0.1", receiver.port, KEY, mode=mode)
+    try:
+        assert sorted(fwd.take_needs(fwd.request_needs(), timeout=30.0)) == [(False, b"a/changed"), (False, b"b")]
+        assert (receiver.stats()["seeds_pending"], receiver.stats()["seeds_handed"]) == (0, 2)
+    finally:
+        fwd.close()  # before its mark: the resync did not complete
+    fwd = Forwarder("127.0.0.1", receiver.port, KEY, mode=mode)
+    try:
+        assert sorted(fwd.take_needs(fwd.request_needs(), timeout=30.0)) == [(False, b"a/changed"), (False, b"b")]
+        fwd.mark(12345)
+        settle(fwd, receiver)
+        assert (receiver.stats()["seeds_pending"], receiver.stats()["seeds_handed"]) == (0, 0)
+    finally:
+        fwd.close()
+    fwd = Forwarder("127.0.0.1", receiver.port, KEY, mode=mode)
+    try:
+        assert fwd.take_needs(fwd.request_needs(), timeout=30.0) == []
+    finally:
+        fwd.close()
+
+
 def test_prune_and_ensure_link_shape_the_tree(fwd: Forwarder, receiver: Receiver, roots: tuple[Path, Path]) -> None:
     sec = roots[1]
     (sec / "keep").write_bytes(b"k")
@@ -232,6 +280,38 @@ def test_a_cut_link_fails_every_pending_take_promptly(roots: tuple[Path, Path], 
         with pytest.raises(ConnectionError):
             fwd.take_list(seqs[2], timeout=30.0)
         assert time.monotonic() - start < 10
+    finally:
+        fwd.close()
+        valve.close()
+
+
+@pytest.mark.parametrize("take", ["sums", "needs", "list"])
+def test_a_take_without_timeout_fails_the_link_when_the_secondary_stalls(
+    roots: tuple[Path, Path], receiver: Receiver, take: str
+) -> None:
+    valve = Valve(receiver.port)
+    fwd = Forwarder("127.0.0.1", valve.port, KEY, send_timeout=0.5)
+    try:
+        assert fwd.take_needs(fwd.request_needs()) == []  # the link works
+        valve.flowing.clear()  # from now on nothing reaches the secondary: no flush, no reply
+        seqs = {
+            "sums": fwd.request_sums(b"f", 0, 1, BLOCK),
+            "needs": fwd.request_needs(),
+            "list": fwd.request_list(b""),
+        }
+        takers: dict[str, Callable[..., object]] = {
+            "sums": fwd.take_sums,
+            "needs": fwd.take_needs,
+            "list": fwd.take_list,
+        }
+        start = time.monotonic()
+        with pytest.raises(ConnectionError, match="no progress"):
+            takers[take](seqs[take])
+        assert 0.5 <= time.monotonic() - start < 10
+        assert not fwd.connected
+        for other in seqs.keys() - {take}:  # every other request fails too
+            with pytest.raises(ConnectionError):
+                takers[other](seqs[other], timeout=30.0)
     finally:
         fwd.close()
         valve.close()

@@ -2,6 +2,8 @@
 //! directory's listing. The cache's applier calls [`Applier::answer`] when it
 //! reaches the request, so the answer reflects every earlier operation.
 
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
 use std::io;
 use std::os::fd::AsRawFd;
 
@@ -23,7 +25,7 @@ impl Applier {
                 block,
             } => local_sums(&self.root, path, *offset, *length, *block)
                 .map(|(size, sums)| Reply::Sums { size, sums }),
-            Op::RequestNeeds => Ok(Reply::Needs(std::mem::take(&mut self.needs))),
+            Op::RequestNeeds => Ok(Reply::Needs(dedup(std::mem::take(&mut self.needs)))),
             Op::RequestList { dir } => self.list(dir).map(Reply::List),
             _ => Err(io::Error::from_raw_os_error(libc::EINVAL)),
         };
@@ -36,6 +38,13 @@ impl Applier {
     /// Forgets the needs list (a new primary starts its own).
     pub fn clear_needs(&mut self) {
         self.needs.clear();
+    }
+
+    /// Adds `paths` to the needs list as changed (not created now): files this
+    /// node changed itself, which the primary must resync too.
+    pub fn seed_needs(&mut self, paths: Vec<Vec<u8>>) {
+        self.needs
+            .extend(paths.into_iter().map(|path| (false, path)));
     }
 
     /// The entries of `dir` sorted by name; none for a missing directory.
@@ -69,4 +78,21 @@ impl Applier {
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(entries)
     }
+}
+
+/// Each path once, in the order first seen; created now if any entry says so
+/// (the file is new here: its whole contents are needed, no sums).
+fn dedup(needs: Vec<(bool, Vec<u8>)>) -> Vec<(bool, Vec<u8>)> {
+    let mut at: HashMap<Vec<u8>, usize> = HashMap::with_capacity(needs.len());
+    let mut out: Vec<(bool, Vec<u8>)> = Vec::with_capacity(needs.len());
+    for (created, path) in needs {
+        match at.entry(path) {
+            Entry::Occupied(e) => out[*e.get()].0 |= created,
+            Entry::Vacant(e) => {
+                out.push((created, e.key().clone()));
+                e.insert(out.len() - 1);
+            }
+        }
+    }
+    out
 }

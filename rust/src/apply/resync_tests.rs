@@ -261,3 +261,40 @@ fn prune_keeps_the_named_entries_and_ignores_a_missing_directory() {
     assert_eq!(left, ["keep"]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn seeded_needs_join_the_list_once_each_and_a_created_file_stays_created() {
+    let (root, dir, mut a) = setup("seeds");
+    std::fs::write(root.join("short"), b"01").unwrap();
+    a.seed_needs(vec![b"new".to_vec(), b"mine".to_vec()]);
+    let short = Ensure {
+        size: 10,
+        ..ensure("short", EntryKind::File, 0o100_644)
+    };
+    apply(&mut a, short).unwrap();
+    apply(&mut a, ensure("new", EntryKind::File, 0o100_644)).unwrap();
+    a.seed_needs(vec![
+        b"short".to_vec(),
+        b"mine".to_vec(),
+        b"d/gone".to_vec(),
+    ]);
+    let answered = match a.answer(&Op::RequestNeeds) {
+        Reply::Needs(n) => n,
+        other => panic!("{other:?}"),
+    };
+    // In the order first seen; "new" was seeded, then created by the ensure.
+    assert_eq!(
+        answered,
+        [
+            (true, b"new".to_vec()),
+            (false, b"mine".to_vec()),
+            (false, b"short".to_vec()),
+            (false, b"d/gone".to_vec())
+        ]
+    );
+    assert!(needs(&mut a).is_empty(), "handed back once");
+    a.seed_needs(vec![b"later".to_vec()]);
+    a.clear_needs(); // a new session: the applier's own list goes, seeds too once moved here
+    assert!(needs(&mut a).is_empty());
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -1,10 +1,13 @@
 //! Tests of the forwarder's tracking hook over a real link.
 
+use std::io::Read;
+use std::net::TcpListener;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 
 use super::*;
 use crate::receive::Receiver;
+use crate::wire::Reply;
 
 const KEY: &[u8] = b"forwarder tracking test key";
 const ZS: u64 = 4096;
@@ -29,13 +32,17 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 fn connect(port: u16, mode: Mode) -> Forwarder {
+    connect_with(port, mode, Duration::from_secs(5))
+}
+
+fn connect_with(port: u16, mode: Mode, send_timeout: Duration) -> Forwarder {
     Forwarder::connect(&Config {
         peer: "127.0.0.1".into(),
         port,
         key: KEY.to_vec(),
         mode,
         queue_bytes: 1 << 20,
-        send_timeout: Duration::from_secs(5),
+        send_timeout,
         connect_timeout: Duration::from_secs(5),
         bind_addr: None,
     })
@@ -145,4 +152,75 @@ fn many_writes_to_the_same_zones_keep_the_map_small() {
     assert_eq!((s.files, s.zones, s.runs), (1, 8, 1));
     assert!(s.memory_bytes < 4096, "{s:?}");
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A relay to `port` (one connection) whose primary-to-secondary direction is held while
+/// `open` is false: what the primary sends then reaches the secondary late, or never.
+fn gated_relay(port: u16, open: Arc<AtomicBool>) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let me = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let (down, _) = listener.accept().unwrap();
+        let up = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let pipe = |mut from: TcpStream, mut to: TcpStream, gate: Option<Arc<AtomicBool>>| {
+            std::thread::spawn(move || {
+                let mut buf = vec![0; 1 << 16];
+                while let Ok(n @ 1..) = from.read(&mut buf) {
+                    while gate.as_ref().is_some_and(|g| !g.load(Ordering::SeqCst)) {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    if to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = to.shutdown(Shutdown::Write);
+            });
+        };
+        pipe(
+            down.try_clone().unwrap(),
+            up.try_clone().unwrap(),
+            Some(open),
+        );
+        pipe(up, down, None);
+    });
+    me
+}
+
+#[test]
+fn a_reply_that_never_comes_fails_the_link_after_send_timeout() {
+    let dst = scratch("stall");
+    let rx = Receiver::start(&dst, "127.0.0.1", 0, KEY, 1 << 20, 0).unwrap();
+    let open = Arc::new(AtomicBool::new(true));
+    let stall = Duration::from_millis(300);
+    let fwd = connect_with(gated_relay(rx.port(), open.clone()), Mode::Second, stall);
+    let seq = fwd.request(&Op::RequestNeeds).unwrap();
+    assert_eq!(fwd.take(seq, None).unwrap(), Reply::Needs(Vec::new()));
+    // An idle link is no stall: a wait counts from its own start.
+    std::thread::sleep(2 * stall);
+    let seq = fwd.request(&Op::RequestList { dir: Vec::new() }).unwrap();
+    assert_eq!(fwd.take(seq, None).unwrap(), Reply::List(Vec::new()));
+
+    open.store(false, Ordering::SeqCst); // the requests never reach the secondary
+    let needs = fwd.request(&Op::RequestNeeds).unwrap();
+    let list = fwd.request(&Op::RequestList { dir: Vec::new() }).unwrap();
+    let start = Instant::now();
+    let (a, b) = std::thread::scope(|sc| {
+        let other = sc.spawn(|| fwd.take(list, Some(Duration::from_secs(60))));
+        (fwd.take(needs, None), other.join().unwrap())
+    });
+    let waited = start.elapsed();
+    assert!(
+        matches!(a, Err(MirrorError::Disconnected(ref why)) if why.contains("no progress")),
+        "{a:?}"
+    );
+    assert!(matches!(b, Err(MirrorError::Disconnected(_))), "{b:?}");
+    assert!(
+        waited >= stall && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    assert!(!fwd.connected());
+    open.store(true, Ordering::SeqCst);
+    fwd.close();
+    rx.close();
+    let _ = std::fs::remove_dir_all(dst);
 }

@@ -46,6 +46,12 @@ impl Receiver {
         self.inner.set_copy_id(id);
     }
 
+    /// Add files this node changed itself (relative paths) to the needs list the next
+    /// `request_needs` hands back, as changed (`created_now` False); kept until handed out.
+    fn seed_needs(&self, py: Python<'_>, paths: Vec<Vec<u8>>) -> Result<()> {
+        detached(py, || self.inner.seed_needs(paths))
+    }
+
     #[getter]
     fn port(&self) -> u16 {
         self.inner.port()
