@@ -68,6 +68,7 @@ USERCONFIG_XML = """<safe>
     <check>
       <tcp ident="app" when="prim"><to addr="127.0.0.1" port="%APP_PORT%" interval="1s" timeout="1s"/></tcp>
       <splitbrain ident="witness" exec="ping" arg="{witness}"/>
+      {checks}
     </check>
     <failover handle_time="{handle_time}"><![CDATA[{rules}]]></failover>
   </service>
@@ -120,6 +121,7 @@ class DemoSettings:
     sendtimeout: str = "5s"
     handle_time: str = "0"
     rules: str = ""  # the <failover> rules, besides the default ones
+    checks: str = ""  # more checkers inside <check>
 
 
 class DemoCluster:
@@ -146,6 +148,7 @@ class DemoCluster:
             sendtimeout=settings.sendtimeout,
             handle_time=settings.handle_time,
             rules=settings.rules,
+            checks=settings.checks,
             lab=self.lab.name,
             witness=WITNESS,
         )

@@ -223,6 +223,8 @@ def _accepted(s: Settings, node: Node, c: Command) -> Step:
     name, state = c.name, node.state
     if name in _START_ROLES:
         role = _START_ROLES[name]
+        # With prim/primforce the admin decides where the application runs, not the witness.
+        decided = node.but(witness=None) if role in (Role.PRIM, Role.PRIMFORCE) else node
         if role is Role.PRIM and not node.uptodate and node.generation != 0 and state in (State.STOP, State.WAIT):
             # Known stale data: say so now rather than after prestart and listening for the peer.
             return _refuse(
@@ -231,10 +233,10 @@ def _accepted(s: Settings, node: Node, c: Command) -> Step:
                 f"to start here anyway, losing {s.peer}'s newer data",
             )
         if state is State.STOP or node.phase in _WAITING:
-            return begin_start(node, role, c.fullsync, f"starting with `{name}`: running prestart")
+            return begin_start(decided, role, c.fullsync, f"starting with `{name}`: running prestart")
         if state is State.WAIT and name != "start":
             # A waiting node may be told what to be; it then decides again at once.
-            n = node.but(role=role, fullsync=c.fullsync or node.fullsync, phase=Phase.LISTEN, resync_error=None)
+            n = decided.but(role=role, fullsync=c.fullsync or node.fullsync, phase=Phase.LISTEN, resync_error=None)
             return decide(s, n)
         return _refuse(node, f"already {state.value}: run `mirrorctl stop` first to start it differently")
     if name == "stop":

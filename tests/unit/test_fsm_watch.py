@@ -228,6 +228,8 @@ def test_a_starting_node_without_peer_or_witness_waits_and_prim_overrides() -> N
     assert scripts(st) == ["prestart"]
     st = done(st.node)
     assert scripts(st) == ["start_prim"]  # the admin decided: the witness is not asked again
+    st = done(st.node)
+    assert (st.node.state, st.node.color) == (State.ALONE, Color.GREEN)
 
 
 def test_two_isolated_nodes_decide_again_once_they_hear_each_other() -> None:
