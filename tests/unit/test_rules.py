@@ -134,3 +134,28 @@ def test_error_position_is_relative_to_the_file() -> None:
         parse_rules("r: if (tcp.db == dwn) then stop();\n  s: if", file=F, line=30, column=15)
     assert (info.value.line, info.value.column) == (30, 15 + 17)
     assert str(info.value).startswith(f"{F}:30:32: ")
+
+
+def test_negating_star_means_not_all_and_negating_question_mark_means_none() -> None:
+    lookup = lookup_from({("local", "tcp", "a"): "up", ("local", "tcp", "b"): "down"})
+    assert evaluate(one("r: if (!(tcp.* == up)) then wait();").expr, lookup) is True  # one is not up
+    assert evaluate(one("r: if (tcp.? != up) then wait();").expr, lookup) is True  # the same, by De Morgan
+    assert evaluate(one("r: if (!(tcp.? == down)) then wait();").expr, lookup) is False  # one is down
+    assert evaluate(one("r: if (tcp.* != down) then wait();").expr, lookup) is False
+
+
+def test_a_forgotten_peer_leaves_remote_rules_on_unknown() -> None:
+    # When every heartbeat is lost the daemon forgets the peer's values: a named remote resource
+    # is then unknown, and a remote wildcard matches nothing.
+    lookup = lookup_from({("local", "tcp", "db"): "down"})
+    assert evaluate(one("r: if (remote.tcp.db == down) then stop();").expr, lookup) is False
+    assert evaluate(one("r: if (remote.tcp.db == unknown) then stop();").expr, lookup) is True
+    assert evaluate(one("r: if (remote.tcp.? == down || remote.tcp.* == down) then stop();").expr, lookup) is False
+    assert evaluate(one("r: if (local.tcp.db == down && tcp.db == down) then stop();").expr, lookup) is True
+
+
+def test_a_scope_with_no_class_is_an_error_at_its_column() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_rules("r: if (tcp.db == down &&\n       remote.tcp == up) then stop();", file=F, line=7)
+    assert (info.value.line, info.value.column) == (8, 8)
+    assert "'remote.tcp' is not a resource" in info.value.what
