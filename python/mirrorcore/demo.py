@@ -1,13 +1,17 @@
 """`mirrorctl demo`: a two-node cluster on this machine, and a narrated tour of it.
 
 ``mirrorctl demo`` runs the tour: bring the lab up, use the application through the
-virtual IP, crash the primary, watch the secondary take over, bring the node back,
-swap back, tear everything down. Each step prints what it verified; the command
+virtual IP, kill the application (errd restarts it), crash the primary, watch the
+secondary take over, bring the node back, swap back, split the network and let the
+witness decide, tear everything down. Each step prints what it verified; the command
 exits non-zero if any check failed. The subcommands drive the same lab by hand.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -15,7 +19,7 @@ from collections.abc import Callable
 import click
 from rich.console import Console
 
-from mirrorcore.demoset import VIP, DemoCluster, DemoSettings
+from mirrorcore.demoset import VIP, WITNESS, DemoCluster, DemoSettings
 from mirrorcore.lab import Lab
 
 LAB_NAME = "mcdemo"
@@ -100,8 +104,8 @@ def down() -> None:
 class Tour:
     """The narrated tour; each check prints ✓ or ✗ and the tour goes on."""
 
-    def __init__(self) -> None:
-        self.lab = _lab()
+    def __init__(self, lab: Lab | None = None) -> None:
+        self.lab = lab if lab is not None else _lab()
         self.cluster = DemoCluster(self.lab)
         self.failures = 0
 
@@ -152,6 +156,11 @@ class Tour:
         self.check("PUT greeting=hello via the VIP is served by node1", lambda: _served(c, "put", "node1", "hello"))
         self.check("GET greeting returns it", lambda: _served(c, "get", "node1"))
 
+        self.step("2b. The application dies (SIGKILL): errd (its process) or tcp (its port) restarts it")
+        self.check("the app is restarted on node1", lambda: _killed_and_restarted(c))
+        self.check("node1 is PRIM green again", lambda: _reason(c.wait_for("node1", "PRIM")))
+        self.show("node1", "mirrorctl state")
+
         self.step("3. node1 crashes (SIGKILL of all its processes)")
         crashed_at = time.monotonic()
         self.lab.crash("node1")
@@ -179,6 +188,26 @@ class Tour:
             lambda: _served(c, "get", "node1", expect="hello again"),
         )
 
+        self.step(f"6. The network splits; the witness {WITNESS} (the client) decides who runs the application")
+        out.print("  node1 is also cut from the witness; node2 still reaches it")
+        self._witness_route("add")
+        self.lab.partition()
+        self.check("node2 reaches the witness: ALONE green", lambda: _reason(c.wait_for("node2", "ALONE", timeout=30)))
+        self.check(
+            "node1 does not: it stops the application and waits (WAIT red)",
+            lambda: _reason(c.wait_for("node1", "WAIT", "red", timeout=30)),
+        )
+        self.check("the client is served by node2 alone", lambda: _served(c, "get", "node2", expect="hello again"))
+        self._witness_route("del")
+        self.lab.heal()
+        self.check("healed: node1 resyncs and becomes SECOND green", lambda: _reason(c.wait_for("node1", "SECOND")))
+        self.show("node1", "mirrorctl log -n 8")
+
+    def _witness_route(self, verb: str) -> None:
+        """Cuts (add) or restores (del) node1's route to the witness."""
+        argv = ["ip", "-n", self.lab.netns("node1"), "route", verb, "blackhole", f"{WITNESS}/32"]
+        subprocess.run(argv, check=True, capture_output=True)
+
 
 def _ok(action: Callable[[], object]) -> str:
     action()
@@ -200,6 +229,24 @@ def _served(
         if time.monotonic() > deadline:
             raise AssertionError(f"got {code} from {served_by or 'nobody'}: {body}")
         time.sleep(0.2)
+
+
+def _killed_and_restarted(cluster: DemoCluster) -> str:
+    pidfile = cluster.lab.host_path("node1", "/run/mirrorcore/demoapp.pid")
+    old = int(pidfile.read_text())
+    killed_at = time.monotonic()
+    os.kill(old, signal.SIGKILL)
+    deadline = killed_at + 30
+    while time.monotonic() < deadline:
+        try:
+            new = int(pidfile.read_text())
+        except (FileNotFoundError, ValueError):
+            new = old
+        if new != old:
+            last = cluster.state("node1").get("last_rule") or {}
+            return f"pid {old} -> {new} after {time.monotonic() - killed_at:.1f} s, by rule {last.get('rule')}"
+        time.sleep(0.1)
+    raise AssertionError(f"pid {old} was not replaced within 30 s")
 
 
 def _failover(cluster: DemoCluster, crashed_at: float) -> str:

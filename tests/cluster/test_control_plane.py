@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from mirrorcore.demo import Tour
 from mirrorcore.demoset import VIP, DemoCluster, DemoSettings
 
 pytestmark = [pytest.mark.cluster, pytest.mark.root]
@@ -215,3 +216,8 @@ def test_a_port_already_taken_is_named_with_the_fix(lab):
     finally:
         squatter.kill()
         squatter.wait()
+
+
+def test_the_demo_tour_passes_every_check(fresh_lab, capsys):
+    assert Tour(fresh_lab).run() == 0, capsys.readouterr().out
+    assert "all checks passed" in capsys.readouterr().out
