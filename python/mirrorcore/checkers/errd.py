@@ -122,7 +122,10 @@ class ErrdWatcher:
         """One pass: counts the processes and sets `proc.<name>` (unknown while not watched)."""
         state = self.state()
         active = [is_active(p.cls, state) for p in self.errd.procs]
-        counts = await trio.to_thread.run_sync(lambda: count_processes(self.matches, proc_root=self.proc_root))
+        if any(active):
+            counts = await trio.to_thread.run_sync(lambda: count_processes(self.matches, proc_root=self.proc_root))
+        else:
+            counts = [self.counts.get(p.name, 0) for p in self.errd.procs]  # nothing watched: spare the /proc scan
         state = self.state()  # a script may have run meanwhile: judge by the state now
         for proc, count, was in zip(self.errd.procs, counts, active, strict=True):
             name = f"proc.{proc.name}"
