@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from trees import differences
+from trees import wait_identical
 
 from mirrorcore.demoset import DemoCluster, DemoSettings
 
@@ -28,16 +28,6 @@ def started(lab, mode: str) -> DemoCluster:
     cluster.install(DemoSettings(async_mode=mode))
     cluster.start_pair()
     return cluster
-
-
-def wait_identical(lab, timeout: float = 15) -> list[str]:
-    """Polls until node2's copy equals node1's (semi-sync applies shortly after acknowledging)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        diff = differences(lab.host_path("node1", "/srv/demo"), lab.host_path("node2", "/srv/demo"))
-        if not diff or time.monotonic() > deadline:
-            return diff
-        time.sleep(0.2)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -65,7 +55,7 @@ def test_acknowledged_writes_survive_a_crash_of_the_primary(lab, mode):
         assert cluster.client("get", f"/kv/k{i}")[:3] == (200, "node2", f"value {i}")
 
 
-def test_a_returning_node_gets_a_full_copy_and_mirrors_again(lab):
+def test_a_returning_old_primary_is_resynced_by_timestamp_and_mirrors_again(lab):
     cluster = started(lab, "second")
     cluster.client("put", "/kv/before", "1")
     lab.crash("node1")
@@ -76,6 +66,9 @@ def test_a_returning_node_gets_a_full_copy_and_mirrors_again(lab):
     cluster.ctl("node1", "start", check=True)
     cluster.wait_for("node1", "SECOND", timeout=30)
     cluster.wait_for("node2", "PRIM", timeout=10)
+    # Both hold the copy of node1's last resync; node2 has no tracking map of its own: by timestamp.
+    resync = cluster.state("node2")["rfs"]["last_resync"]
+    assert resync["mode"] == "timestamp", resync["reason"]
     cluster.client("put", "/kv/after", "3")
     assert wait_identical(lab) == []
     assert not stale.exists()

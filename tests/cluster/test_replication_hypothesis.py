@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from trees import differences
+from trees import wait_identical
 
 from mirrorcore.demoset import DemoCluster, DemoSettings
 
@@ -52,15 +51,6 @@ ops = st.one_of(
     st.tuples(st.just("unlink_open"), name),
 )
 programs = st.lists(st.lists(ops, max_size=30), min_size=3, max_size=3)
-
-
-def wait_identical(lab, timeout: float = 20) -> list[str]:
-    deadline = time.monotonic() + timeout
-    while True:
-        diff = differences(lab.host_path("node1", "/srv/demo"), lab.host_path("node2", "/srv/demo"))
-        if not diff or time.monotonic() > deadline:
-            return diff
-        time.sleep(0.2)
 
 
 @pytest.mark.parametrize("mode", ["none", "second"])

@@ -136,13 +136,16 @@ def test_a_crash_of_the_primary_while_tracking_leaves_a_map_that_is_not_trusted(
     assert not DirtyMap.load(lab.host_path("node1", MAP)).clean
 
 
-def test_a_returning_secondary_gets_a_full_copy_and_the_map_starts_over(lab):
+def test_a_returning_secondary_gets_the_tracked_zones_and_the_map_starts_over(lab):
     cluster = alone_and_tracking(lab, "second")
     lab.exec("node1", [sys.executable, "-c", WRITES, "10"])
     wait_tracking(cluster, "the four zones written", lambda t: t["zones"] == 4)
     cluster.ctl("node2", "start", check=True)
     cluster.wait_for("node2", "SECOND", timeout=30)
     cluster.wait_for("node1", "PRIM", timeout=15)
+    resync = cluster.state("node1")["rfs"]["last_resync"]
+    assert resync["mode"] == "zones", resync["reason"]
+    assert resync["bytes_done"] <= 4 * ZONE  # the zones, not the file
     seen = wait_tracking(cluster, "an empty map", lambda t: t["zones"] == 0 and t["changelog_len"] == 0)
     assert seen["trusted"] is True
     primary = lab.host_path("node1", "/srv/demo/track.bin").read_bytes()

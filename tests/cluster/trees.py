@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import stat
+import time
 from pathlib import Path
+
+from mirrorcore.lab import Lab
 
 
 def snapshot(root: Path) -> dict[str, tuple[object, ...]]:
@@ -48,3 +52,40 @@ def differences(a: Path, b: Path) -> list[str]:
     out += [f"only in secondary: {p}" for p in sorted(right.keys() - left.keys())]
     out += [f"differs: {p}: {left[p]} != {right[p]}" for p in sorted(left.keys() & right.keys()) if left[p] != right[p]]
     return out
+
+
+def wait_identical(lab: Lab, dir: str = "/srv/demo", timeout: float = 20) -> list[str]:
+    """Polls until node2's copy of `dir` equals node1's (semi-sync applies shortly after acknowledging)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        diff = differences(lab.host_path("node1", dir), lab.host_path("node2", dir))
+        if not diff or time.monotonic() > deadline:
+            return diff
+        time.sleep(0.2)
+
+
+def make_tree(root: Path, files: int, seed: int, *, big: int = 4) -> int:
+    """Writes `files` files (1 B to 48 KiB) in nested directories under `root`, plus `big` files of 5 MiB.
+
+    Returns the bytes written. Written straight to disk, not through a mount: the data a node holds
+    before the module starts.
+    """
+    rng = random.Random(seed)
+    total = 0
+    for i in range(files):
+        sub = root / f"d{i % 17}" / f"e{i % 5}"
+        sub.mkdir(parents=True, exist_ok=True)
+        data = rng.randbytes(rng.randrange(1, 48 << 10))
+        (sub / f"f{i}").write_bytes(data)
+        total += len(data)
+    for i in range(big):
+        data = rng.randbytes(5 << 20)
+        (root / f"big{i}").write_bytes(data)
+        total += len(data)
+    (root / "link").symlink_to("big0")
+    return total
+
+
+def tree_bytes(root: Path) -> int:
+    """The bytes of every regular file under `root`."""
+    return sum(p.lstat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink())

@@ -135,7 +135,7 @@ def test_memory_follows_what_changed_not_how_often(tmp_path: Path) -> None:
     assert stats["memory_bytes"] < 4096
 
 
-def test_tracking_starts_with_the_first_complete_copy_and_saves_its_state(
+def test_tracking_starts_with_the_first_resync_and_saves_its_state(
     receiver: Receiver, roots: tuple[Path, Path], tmp_path: Path
 ) -> None:
     file = tmp_path / "state" / "dirty-0.bin"
@@ -146,13 +146,13 @@ def test_tracking_starts_with_the_first_complete_copy_and_saves_its_state(
 
     fwd = Forwarder("127.0.0.1", receiver.port, KEY, send_timeout=5.0)
     try:
-        create(roots[0], fwd, b"f")
-        fwd.mark(1)
-        tracking.synced(fwd)
+        tracking.begin_resync(fwd)  # a resync's namespace step: the map follows the link from here
         assert tracking.active
         assert not DirtyMap.load(file).clean  # the marker: a crash from now on leaves it distrusted
+        create(roots[0], fwd, b"f")
+        tracking.marked(fwd.mark(1))
         fwd.barrier(10.0)
-        wait_for("the copy is flushed", lambda: fwd.flushed_seq >= 2)
+        wait_for("the copy is flushed", lambda: fwd.flushed_seq >= fwd.last_seq)
         receiver.close()
         wait_for("the link drops", lambda: not fwd.connected)
         write(roots[0], fwd, b"f", 5 * ZS, b"after the loss")
@@ -176,7 +176,7 @@ def test_tracking_starts_with_the_first_complete_copy_and_saves_its_state(
     assert not DirtyMap.load(file).clean
 
 
-def test_losing_the_secondary_before_it_flushed_the_copy_distrusts_the_map(
+def test_losing_the_secondary_before_it_flushed_the_resync_mark_distrusts_the_map(
     receiver: Receiver, roots: tuple[Path, Path], tmp_path: Path
 ) -> None:
     valve = Valve(receiver.port)
@@ -184,9 +184,9 @@ def test_losing_the_secondary_before_it_flushed_the_copy_distrusts_the_map(
     tracking = Tracking(tmp_path / "dirty-0.bin", ZS)
     try:
         valve.flowing.clear()
+        tracking.begin_resync(fwd)
         create(roots[0], fwd, b"f")
-        fwd.mark(1)
-        tracking.synced(fwd)
+        tracking.marked(fwd.mark(1))
         valve.close()
         wait_for("the link drops", lambda: not fwd.connected)
         tracking.lost(fwd)
@@ -205,3 +205,34 @@ def test_an_unreadable_map_is_distrusted(tmp_path: Path) -> None:
     assert tracking.active
     assert not tracking.dirty.clean
     assert not DirtyMap.load(file).clean
+
+
+def test_a_clean_stop_before_the_resync_mark_is_flushed_leaves_the_map_distrusted(
+    receiver: Receiver, tmp_path: Path
+) -> None:
+    valve = Valve(receiver.port)
+    fwd = Forwarder("127.0.0.1", valve.port, KEY, send_timeout=5.0)
+    tracking = Tracking(tmp_path / "dirty-0.bin", ZS)
+    try:
+        valve.flowing.clear()  # nothing reaches the secondary: the mark cannot be flushed
+        tracking.begin_resync(fwd)
+        tracking.marked(fwd.mark(1))
+        tracking.save_clean()
+    finally:
+        fwd.close()
+        valve.close()
+    assert not DirtyMap.load(tmp_path / "dirty-0.bin").clean
+
+
+def test_a_link_lost_before_any_resync_attached_the_map_leaves_it_as_it_was(receiver: Receiver, tmp_path: Path) -> None:
+    file = tmp_path / "dirty-0.bin"
+    DirtyMap(ZS).save(file, clean=True)  # a clean stop of the previous run
+    tracking = Tracking(file, ZS)
+    fwd = Forwarder("127.0.0.1", receiver.port, KEY, send_timeout=5.0)
+    try:
+        receiver.close()
+        wait_for("the link drops", lambda: not fwd.connected)
+        tracking.lost(fwd)  # the resync never began on this link
+    finally:
+        fwd.close()
+    assert tracking.trusted

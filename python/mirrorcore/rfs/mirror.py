@@ -34,7 +34,7 @@ from mirrorcore.config import ModuleConfig, Rfs
 from mirrorcore.modlog import ModuleLog
 from mirrorcore.paths import Paths
 from mirrorcore.rfs.copyids import CopyRecord, SyncRecord
-from mirrorcore.rfs.worker import recover_stale_mount, replication_port
+from mirrorcore.rfs.worker import mounts_at, recover_stale_mount, replication_port
 
 WORKER_READY_SECONDS = 20.0
 WORKER_STOP_SECONDS = 10.0
@@ -331,6 +331,25 @@ def _remove_overmount(dir: Path) -> None:
 
 
 def _prepare_dir(dir: Path) -> None:
-    """The replicated directory exists and carries no dead mount from a crashed worker."""
+    """The replicated directory exists and carries no mount a crashed worker or daemon left on it.
+
+    A daemon killed while secondary leaves its read-only overmount: a receiver opening the
+    directory through it could write nothing.
+    """
     dir.mkdir(parents=True, exist_ok=True)
     recover_stale_mount(dir)
+    while _stale_overmount(dir):
+        subprocess.run(["umount", "-l", str(dir)], check=True, capture_output=True)
+
+
+def _stale_overmount(dir: Path) -> bool:
+    """The top mount on `dir` is a read-only bind of `dir` itself (as `_read_only_overmount` makes)."""
+    mounts = mounts_at(dir)
+    if not mounts or not mounts[-1].read_only or mounts[-1].fstype.startswith("fuse"):
+        return False
+    top = mounts[-1]
+    if len(mounts) >= 2:  # `dir` is a mount point of its own: the bind repeats the mount below it
+        below = mounts[-2]
+        return (below.device, below.root) == (top.device, top.root)
+    # A plain directory: the bind comes from the file system that holds its parent.
+    return os.stat(dir).st_dev == os.stat(dir.parent).st_dev and top.root.endswith(b"/" + os.fsencode(dir.name))

@@ -241,9 +241,12 @@ class Resync:
     def _add_needs(self, needs: list[tuple[bool, bytes]]) -> None:
         for created_now, path in needs:
             item = self.pending.at_origin(path)
-            if item is not None:
-                item.created_now = item.created_now or created_now
-                self._queue(item, None)
+            if item is None:
+                continue
+            if item.queued and self.choice.mode == "zones" and not created_now:
+                continue  # the trusted map's zones hold every change; size and times are set at the end
+            item.created_now = item.created_now or created_now
+            self._queue(item, None)
         self.pending.forget_unqueued()
 
     def _queue(self, item: Item, ranges: list[tuple[int, int]] | None) -> None:

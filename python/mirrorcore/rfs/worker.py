@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyfuse3
@@ -27,7 +28,7 @@ from mirrorcore.rfs.filters import Filter
 from mirrorcore.rfs.fuse import MOUNT_OPTIONS, MirrorFS
 from mirrorcore.rfs.replicator import Replicator
 
-__all__ = ["fuse_mounts", "main", "recover_stale_mount", "serve"]
+__all__ = ["Mount", "fuse_mounts", "main", "mounts_at", "recover_stale_mount", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -96,16 +97,34 @@ async def serve(
 
 def fuse_mounts(dir: Path) -> list[str]:
     """The file system types of the FUSE mounts at `dir`, per /proc/self/mountinfo (bottom first)."""
+    return [m.fstype for m in mounts_at(dir) if m.fstype.startswith("fuse")]
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One line of /proc/self/mountinfo."""
+
+    device: str  # major:minor
+    root: bytes  # the path of the file system mounted here (a bind mount's source)
+    options: str
+    fstype: str
+
+    @property
+    def read_only(self) -> bool:
+        return self.options.split(",")[0] == "ro"
+
+
+def mounts_at(dir: Path) -> list[Mount]:
+    """Every mount at `dir`, per /proc/self/mountinfo (bottom first)."""
     want = os.fsencode(dir.absolute())
     out = []
     with open("/proc/self/mountinfo", "rb") as f:
         for line in f:
             fields = line.split()
             sep = fields.index(b"-")
-            point = _unescape(fields[4])
-            fstype = fields[sep + 1].decode()
-            if point == want and fstype.startswith("fuse"):
-                out.append(fstype)
+            if _unescape(fields[4]) == want:
+                device, root, options = fields[2].decode(), _unescape(fields[3]), fields[5].decode()
+                out.append(Mount(device, root, options, fields[sep + 1].decode()))
     return out
 
 
