@@ -263,6 +263,14 @@ class Mirror:
                 elif kind == "ready":
                     on_ready()
                     self.log.write(f"Replicated directory {dir} mounted", initiator="rfs")
+                elif kind == "resync_complete":
+                    # The mark is on the secondary's disk: the whole resync, queueing and applying, took this.
+                    self.events.setdefault("last_resync", {})["complete_seconds"] = event.get("seconds")
+                    seconds = event.get("seconds")
+                    self.log.write(f"Resync of {dir} on the secondary's disk after {seconds} s", initiator="rfs")
+                elif kind == "resync_command":
+                    done = f"now {event.get('state')}" if event.get("ok") else f"refused: {event.get('detail')}"
+                    self.log.write(f"Resync of {dir}: {event.get('cmd', 'command')} {done}", initiator="rfs")
                 elif kind == "resync_mode":
                     self.log.write(f"Resync of {dir}: {event.get('mode')} ({event.get('detail')})", initiator="rfs")
                 elif kind == "synced":

@@ -343,7 +343,8 @@ async def _follow(forwarder: _native.Forwarder, settings: ResyncSettings, marked
         if not marked.confirmed and flushed >= marked.seq:
             marked.confirmed = True
             await _save_complete(settings, marked.copy_id, marked.started_at)
-            report("resync_complete", dir=settings.dir, copy_id=marked.copy_id)
+            seconds = round(time.time() - marked.started_at, 3)
+            report("resync_complete", dir=settings.dir, copy_id=marked.copy_id, seconds=seconds)
             checkpoint = (time.time(), forwarder.last_seq)
         elif marked.confirmed and checkpoint is not None and flushed >= checkpoint[1]:
             at, _ = checkpoint
