@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from trees import differences, make_tree, tree_bytes, wait_identical
+from trees import differences, make_tree, wait_identical
 
 from mirrorcore.demoset import DemoCluster, DemoSettings
 from mirrorcore.lab import Lab
@@ -50,7 +50,7 @@ def progress(cluster: DemoCluster) -> dict[str, Any]:
     return seen
 
 
-def wait_progress(cluster: DemoCluster, what: str, cond, timeout: float = 60) -> dict[str, Any]:  # noqa: ANN001
+def wait_progress(cluster: DemoCluster, what: str, cond, timeout: float = 60) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     seen: dict[str, Any] = {}
     while time.monotonic() < deadline:

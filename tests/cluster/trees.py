@@ -84,8 +84,3 @@ def make_tree(root: Path, files: int, seed: int, *, big: int = 4) -> int:
         total += len(data)
     (root / "link").symlink_to("big0")
     return total
-
-
-def tree_bytes(root: Path) -> int:
-    """The bytes of every regular file under `root`."""
-    return sum(p.lstat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink())
