@@ -118,7 +118,7 @@ def test_a_killed_app_is_restarted_by_errd_until_maxloop_stops_the_module(lab: L
 
 def test_errd_off_stops_watching_and_on_resumes(lab: Lab) -> None:
     cluster = started(lab)
-    assert resource(cluster, "node1", "proc.demoapp") == "up"
+    until("errd counts the app", lambda: resource(cluster, "node1", "proc.demoapp") == "up")
     cluster.ctl("node1", "errd", "off", check=True)
     assert resource(cluster, "node1", "proc.demoapp") == "unknown"
     assert cluster.state("node1")["errd"] is False
