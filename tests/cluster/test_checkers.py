@@ -140,6 +140,11 @@ def test_an_app_that_stops_answering_on_its_port_is_restarted(lab: Lab) -> None:
     assert "Rule proc_demoapp_down" not in log  # the process was there all along
     assert cluster.state("node1")["last_rule"]["rule"] == "tcp_app_down"
     assert cluster.client("get", "/")[:2] == (200, "node1")
+    # The HTTP API says the same, for a console or a monitoring system.
+    got = lab.exec("client", [sys.executable, "-m", "mirrorcore.demoapp", "get", "http://10.201.0.1:9010/api/state"])
+    api = json.loads(got.stdout.split(" ", 2)[2])
+    assert api["last_rule"]["rule"] == "tcp_app_down"
+    assert api["resources"]["local"]["tcp.app"]["value"] == "up"
 
 
 def test_a_remote_rule_acts_on_the_peers_resource_set_by_mirrorctl_set(lab: Lab) -> None:
