@@ -100,6 +100,22 @@ def test_commands_for_a_stopped_module_say_how_to_start_it(env: Path) -> None:
     assert "mirrorctl start -m web" in refused.output
 
 
+@pytest.mark.parametrize(
+    "args", [("get", "-r", "tcp.db"), ("set", "-r", "custom.app", "-v", "down"), ("checker", "off"), ("errd", "on")]
+)
+def test_resource_and_checker_commands_need_the_daemon_and_say_how_to_start_it(env: Path, args: tuple[str]) -> None:
+    run("module", "new", "web")
+    refused = run(*args, "-m", "web")
+    assert refused.exit_code == 1
+    assert "mirrorctl start -m web" in refused.output
+
+
+def test_set_takes_only_up_or_down(env: Path) -> None:
+    refused = run("set", "-r", "custom.app", "-v", "maybe")
+    assert refused.exit_code == 2
+    assert "'up', 'down'" in refused.output
+
+
 def test_unknown_command_is_refused(env: Path) -> None:
     result = run("frobnicate")
     assert result.exit_code == 2
