@@ -95,8 +95,11 @@ def become_alone(node: Node, why: str) -> Step:
     )
 
 
-def become_second(node: Node, peer: PeerView, why: str, *, full: bool | None = None) -> Step:
-    """Follow the primary `peer`: this copy is stale until the resync ends, so persist that first."""
+def become_second(node: Node, peer: PeerView, why: str, *, full: bool | None = None, salvage: str = "") -> Step:
+    """Follow the primary `peer`: this copy is stale until the resync ends, so persist that first.
+
+    `salvage` (a split-brain loser): why the copy's own changes are saved before the resync.
+    """
     if full is None:
         full = node.fullsync or node.generation == 0
     n = node.but(
@@ -118,7 +121,7 @@ def become_second(node: Node, peer: PeerView, why: str, *, full: bool | None = N
         Goal.SECONDARY,
         f"{why}: {kind} resync from primary {peer.node} under way",
         SaveDurable(False, peer.generation),
-        StartMirror("secondary"),
+        StartMirror("secondary", full=full, salvage=salvage),
         StartResync(full),
         current=node.state,
     )

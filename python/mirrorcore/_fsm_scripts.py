@@ -154,7 +154,8 @@ def _after_stepdown(s: Settings, node: Node, note: str) -> Step:
     p = n.peer
     if p is not None and p.primary:
         why = f"split brain resolved: {p.node} kept the application{note}; resyncing from it"
-        return chain(dropped, become_second(n, p, why, full=False))
+        # Full: this copy has writes the winner never saw; they are salvaged first, then replaced.
+        return chain(dropped, become_second(n, p, why, full=True, salvage=why))
     return chain(dropped, decide(s, n.but(phase=Phase.LISTEN)))
 
 

@@ -222,7 +222,19 @@ class ResyncDone:
     now: float
 
 
-Event = Command | PeerSeen | PeerLost | ScriptDone | ResyncDone | RuleCleared
+@dataclass(frozen=True)
+class CopyIncomplete:
+    """Secondary: the primary (re)connected and is resyncing; the local copy is not complete meanwhile.
+
+    Heartbeats may never show it (the link broke and came back within one pulse), so the
+    replication layer says it directly.
+    """
+
+    detail: str
+    now: float
+
+
+Event = Command | PeerSeen | PeerLost | ScriptDone | ResyncDone | RuleCleared | CopyIncomplete
 
 
 # Actions: the daemon executes them in order.
@@ -250,9 +262,16 @@ class UnsetVip:
 
 @dataclass(frozen=True)
 class StartMirror:
-    """Start replication in the given role ("primary" or "secondary")."""
+    """Start replication in the given role ("primary" or "secondary").
+
+    For the secondary role: `full` asks the primary for a full resync (the copy here cannot be
+    trusted to be a prefix of the primary's); a non-empty `salvage` is why this copy's own changes
+    must first be saved (a split-brain loser), before anything replaces them.
+    """
 
     role: str
+    full: bool = False
+    salvage: str = ""
 
 
 @dataclass(frozen=True)

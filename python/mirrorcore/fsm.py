@@ -20,6 +20,7 @@ from mirrorcore._fsm_types import (
     Action,
     Color,
     Command,
+    CopyIncomplete,
     Event,
     Exit,
     Goal,
@@ -51,6 +52,7 @@ __all__ = [
     "Candidate",
     "Color",
     "Command",
+    "CopyIncomplete",
     "Event",
     "Exit",
     "Goal",
@@ -121,6 +123,10 @@ def step(settings: Settings, node: Node, event: Event) -> Step:
             return resync_done(settings, node, event)
         case RuleCleared():
             return rule_cleared(node, event)
+        case CopyIncomplete():
+            if node.state is State.SECOND and not node.resyncing and node.phase is not Phase.SCRIPT:
+                return _mirror_broken(settings, node)
+            return out(node)
 
 
 def _on_peer(s: Settings, n: Node, now: float) -> Step:
@@ -170,7 +176,8 @@ def _mirror_broken(s: Settings, node: Node) -> Step:
         f"not uptodate until its new copy arrives"
     )
     n = node.but(color=Color.ORANGE, uptodate=False, resyncing=True, reason=why)
-    return Step(n, (StartResync(True),), why)
+    # Persisted: a crash before the new copy is complete must not leave a node that believes it is uptodate.
+    return Step(n, (SaveDurable(False, node.generation), StartResync(True)), why)
 
 
 def _refuse(node: Node, why: str) -> Step:

@@ -9,6 +9,7 @@ import pytest
 from mirrorcore.fsm import (
     Color,
     Command,
+    CopyIncomplete,
     Exit,
     Node,
     PeerLost,
@@ -582,8 +583,11 @@ def test_split_brain_younger_primary_steps_down_and_resyncs() -> None:
         StopMirror(),
         SaveDurable(False, 4),
         SaveDurable(False, 4),
-        StartMirror("secondary"),
-        StartResync(False),
+        # The loser's copy has writes the winner never saw: saved first (salvage), then a full resync.
+        StartMirror(
+            "secondary", full=True, salvage="split brain resolved: node2 kept the application; resyncing from it"
+        ),
+        StartResync(True),
         RunScript("start_second", State.WAIT, State.SECOND, "start"),
     )
     assert (st.node.state, st.node.color) == (State.SECOND, Color.ORANGE)
@@ -637,7 +641,7 @@ def test_a_secondary_whose_primary_stops_mirroring_to_it_is_no_longer_uptodate()
     # The primary's link to us broke and it runs on alone: we fall behind.
     st = step(S, st.node, PeerSeen(replace(mirrored, state=State.ALONE, mirroring=False), T))
     assert (st.node.state, st.node.color, st.node.uptodate) == (State.SECOND, Color.ORANGE, False)
-    assert st.actions == (StartResync(True),)
+    assert st.actions == (SaveDurable(False, st.node.generation), StartResync(True))
     assert "interrupted" in st.reason
     # If the primary now dies, this stale copy must not start the application.
     st = step(S, st.node, PeerLost(T))
@@ -655,3 +659,14 @@ def test_a_new_copy_makes_the_interrupted_secondary_ready_again() -> None:
 def test_a_primary_that_never_mirrored_does_not_disturb_its_secondary() -> None:
     st = step(S, second_green(), PeerSeen(ALONE_PEER, T))  # mirroring False from the start (no <rfs>)
     assert (st.node.state, st.node.color) == (State.SECOND, Color.GREEN)
+
+
+def test_a_ready_secondary_whose_copy_becomes_incomplete_turns_orange_and_not_uptodate() -> None:
+    # The primary reconnected within one pulse and resyncs: heartbeats never showed it stop mirroring.
+    green = second_green()
+    st = step(S, green, CopyIncomplete("a new resync session began", T))
+    assert (st.node.state, st.node.color, st.node.uptodate) == (State.SECOND, Color.ORANGE, False)
+    assert st.actions == (SaveDurable(False, green.generation), StartResync(True))
+    assert "not uptodate" in st.reason
+    # Already resyncing (or any other state): nothing to do.
+    assert step(S, st.node, CopyIncomplete("again", T)).actions == ()
