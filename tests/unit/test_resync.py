@@ -55,6 +55,15 @@ class Entry:
     mtime_ns: int = 0
     target: bytes = b""
     xattrs: list[tuple[bytes, bytes]] = field(default_factory=list)
+    uid: int = 0
+    gid: int = 0
+
+    @property
+    def st_mode(self) -> int:
+        if self.kind == "node":
+            return self.mode
+        kinds = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK}
+        return kinds[self.kind] | stat.S_IMODE(self.mode)
 
 
 class FakeSecondary:
@@ -67,6 +76,7 @@ class FakeSecondary:
         self.log: list[tuple[str, bytes]] = []
         self.sent = 0
         self.on_request: list[object] = []  # callbacks run after a sums request (as the application would, later)
+        self.on_list: list[object] = []  # the same after a list request
 
     def _op(self, kind: str, path: bytes) -> int:
         self.log.append((kind, path))
@@ -88,6 +98,7 @@ class FakeSecondary:
             entry = self.tree[path] = Entry(kind, target=target)
         assert entry is not None
         entry.mode = mode
+        entry.uid, entry.gid = uid, gid
         if xattrs is not None:
             entry.xattrs = list(xattrs)
         if kind == "file":
@@ -143,12 +154,34 @@ class FakeSecondary:
     def take_needs(self, seq: int, timeout: float | None = None) -> list[tuple[bool, bytes]]:
         return self.replies.pop(seq)  # type: ignore[return-value]
 
+    # ---- VerifyTarget
+    def request_list(self, dir: bytes) -> int:
+        prefix = dir + b"/" if dir else b""
+        listing = []
+        for path, e in sorted(self.tree.items()):
+            if path.startswith(prefix) and b"/" not in path[len(prefix) :]:
+                name = path[len(prefix) :]
+                listing.append((name, e.kind, e.st_mode, e.uid, e.gid, len(e.data), e.mtime_ns, e.target))
+        seq = self._op("request_list", dir)
+        self.replies[seq] = listing
+        for callback in self.on_list:
+            callback(dir)  # type: ignore[operator]
+        return seq
+
+    def take_list(
+        self, seq: int, timeout: float | None = None
+    ) -> list[tuple[bytes, str, int, int, int, int, int, bytes]]:
+        return self.replies.pop(seq)  # type: ignore[return-value]
+
     # ---- what the FUSE layer forwards for the application
-    def write(self, path: bytes, offset: int, data: bytes) -> None:
-        buf = self.tree[path].data
+    def write(self, path: bytes, offset: int, data: bytes, mtime_ns: int | None = None) -> None:
+        entry = self.tree[path]
+        buf = entry.data
         if len(buf) < offset:
             buf.extend(bytes(offset - len(buf)))
         buf[offset : offset + len(data)] = data
+        if mtime_ns is not None:
+            entry.mtime_ns = mtime_ns  # the forwarded write carries the primary's mtime
 
     def rename(self, old: bytes, new: bytes) -> None:
         self.tree[new] = self.tree.pop(old)

@@ -9,9 +9,10 @@ import trio
 import trio.testing
 
 from mirrorcore._native import DirtyMap
+from mirrorcore.rfs.blocks import BLOCK, TO_END, differing_runs
 from mirrorcore.rfs.copyids import TIMESTAMP_MARGIN, CopyRecord, SyncRecord, choose_mode, new_copy_id
 from mirrorcore.rfs.progress import Progress
-from mirrorcore.rfs.resync import BLOCK, TO_END, differing_runs, zones_plan
+from mirrorcore.rfs.resync import zones_plan
 from mirrorcore.rfs.throttle import Throttle
 
 # ---- mode choice ---------------------------------------------------------------------------------

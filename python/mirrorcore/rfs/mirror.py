@@ -12,10 +12,17 @@ directory (`status()["resync"]`) and `resync_command` sends them pause/resume/bo
 stdin. On the secondary, each receiver announces the copy id of `copy-<index>.json` (see
 rfs/copyids.py) and the record follows every completion mark that arrives; `request_full`
 sets it to 0 so that the next primary sends a full resync.
+
+A node whose record says it diverged (it ran as primary since its peer last had everything)
+returns as secondary naming its own changes: its receiver's needs are seeded with the paths of
+its tracking map when that map is trusted, else with every file it modified since its sync time,
+so that the new primary compares them (and its copy wins). `verify` asks every worker to compare
+both copies (rfs/verify.py) and returns their results.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -33,8 +40,9 @@ from mirrorcore import _native
 from mirrorcore.config import ModuleConfig, Rfs
 from mirrorcore.modlog import ModuleLog
 from mirrorcore.paths import Paths
-from mirrorcore.rfs.copyids import CopyRecord, SyncRecord
-from mirrorcore.rfs.worker import mounts_at, recover_stale_mount, replication_port
+from mirrorcore.rfs.copyids import TIMESTAMP_MARGIN, CopyRecord, SyncRecord, announced_copy_id
+from mirrorcore.rfs.worker import mounts_at, recover_stale_mount, replication_port, tracking_file
+from mirrorcore.salvage import changes_from_map, changes_since
 
 WORKER_READY_SECONDS = 20.0
 WORKER_STOP_SECONDS = 10.0
@@ -66,6 +74,9 @@ class Mirror:
         self._streaming: dict[str, bool] = {}  # primary: directory -> the secondary has its copy and follows
         self._read_only: list[Path] = []  # secondary: directories overmounted read-only for applications
         self._epoch = 0  # bumped by every stop, so waits that began before it end
+        self._verify_lock = trio.Lock()
+        self._verify_results: dict[str, dict[str, Any]] = {}  # primary: directory -> its worker's verify result
+        self._verify_done = trio.Event()
 
     async def start_primary(self, nursery: trio.Nursery) -> None:
         """Mounts every replicated directory; returns once all are served."""
@@ -112,9 +123,22 @@ class Mirror:
         for index, replicated in enumerate(self.rfs.dirs):
             await trio.to_thread.run_sync(_prepare_dir, Path(replicated.dir))
             port = replication_port(self.config.port, index)
-            copy_id = await trio.to_thread.run_sync(_follow_primary, state_dir, index)
+            record = await trio.to_thread.run_sync(_follow_primary, state_dir, index)
+            copy_id = announced_copy_id(record)
+            seeds: list[bytes] = []
+            if copy_id != record.copy_id:
+                # Scanned before the receiver starts: nothing writes the directory but this node then.
+                since = record.in_sync_at - self.rfs.syncdelta - TIMESTAMP_MARGIN
+                source, seeds = await trio.to_thread.run_sync(
+                    own_changes, state_dir, index, Path(replicated.dir), since
+                )
+                self.log.write(
+                    f"This node may hold writes its peer never got: {len(seeds)} file(s) of {replicated.dir} "
+                    f"named to the primary for comparison (from {source})",
+                    initiator="rfs",
+                )
             receiver = await trio.to_thread.run_sync(
-                functools.partial(_native.Receiver, replicated.dir, local_addr, port, self.key, copy_id=copy_id)
+                functools.partial(_start_receiver, replicated.dir, local_addr, port, self.key, copy_id, seeds)
             )
             self._receivers.append(receiver)
             self._copy_ids.append(copy_id)
@@ -184,6 +208,38 @@ class Mirror:
             sent += 1
         self.log.write(f"Resync {command} sent to {sent} replication worker(s)", initiator="rfs")
         return sent
+
+    async def verify(self, repair: bool, timeout: float) -> list[dict[str, Any]]:  # noqa: ASYNC109 (per-dir answers)
+        """Primary: compares both copies of every replicated directory online (and repairs them).
+
+        Each worker compares its directory at points of the replication stream while the
+        application runs (rfs/verify.py). One result per replicated directory: `dir`, `matched`,
+        `files_checked`, `bytes_checked`, `bytes_sent`, `differences` (at most `MAX_REPORTED`, each
+        `{"path", "what", "ranges"?, "repaired"}`), `total`, `repaired` (a repair was made),
+        `remaining` (differences a comparison after the repair still found), `seconds`; or `matched`
+        False with `error` when it was refused (not the primary, no secondary linked, a resync
+        running) or interrupted, or no answer came within `timeout` seconds.
+        """
+        dirs = [replicated.dir for replicated in self.rfs.dirs]
+        if self.role != "primary" or len(self._workers) != len(dirs):
+            return [{"dir": d, "matched": False, "error": "this node is not the primary"} for d in dirs]
+        async with self._verify_lock:
+            self._verify_results = {}
+            self._verify_done = trio.Event()
+            line = (json.dumps({"cmd": "verify", "repair": repair}) + "\n").encode()
+            for proc in self._workers:
+                if proc.stdin is not None and proc.returncode is None:
+                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                        await proc.stdin.send_all(line)
+            with trio.move_on_after(timeout):
+                while len(self._verify_results) < len(dirs):
+                    await self._verify_done.wait()
+                    self._verify_done = trio.Event()
+            results = []
+            for d in dirs:
+                missing = {"matched": False, "error": f"no answer from the replication worker within {timeout:g} s"}
+                results.append({"dir": d, **self._verify_results.get(d, missing)})
+            return results
 
     async def _save_copy_ids(self) -> None:
         """Saves the copy id of every receiver whose mark changed it since the last save."""
@@ -271,6 +327,9 @@ class Mirror:
                 elif kind == "resync_command":
                     done = f"now {event.get('state')}" if event.get("ok") else f"refused: {event.get('detail')}"
                     self.log.write(f"Resync of {dir}: {event.get('cmd', 'command')} {done}", initiator="rfs")
+                elif kind == "verify":
+                    self._verify_results[dir] = event
+                    self._verify_done.set()  # the daemon logs the results it returns
                 elif kind == "resync_mode":
                     self.log.write(f"Resync of {dir}: {event.get('mode')} ({event.get('detail')})", initiator="rfs")
                 elif kind == "synced":
@@ -301,10 +360,39 @@ def _synced_line(dir: str, event: dict[str, Any]) -> str:
     )
 
 
-def _follow_primary(state_dir: Path, index: int) -> int:
-    """This node becomes secondary: the copy id its receiver announces; its primary-side record is void."""
+def _follow_primary(state_dir: Path, index: int) -> CopyRecord:
+    """This node becomes secondary: the copy record its receiver announces; its primary-side record is void."""
     SyncRecord.forget(state_dir, index)
-    return CopyRecord.load(state_dir, index).copy_id
+    return CopyRecord.load(state_dir, index)
+
+
+def own_changes(state_dir: Path, index: int, root: Path, since: float) -> tuple[str, list[bytes]]:
+    """The files this node changed that its peer may lack: (where that came from, their paths).
+
+    The tracking map's paths when the map is trusted (it stopped cleanly: it holds every operation
+    the peer had not confirmed), else every file modified (content or inode) since `since`.
+    """
+    try:
+        dirty = _native.DirtyMap.load(tracking_file(state_dir, index))
+    except (OSError, ValueError):
+        dirty = None
+    if dirty is not None and dirty.clean:
+        return "its tracking map", list(changes_from_map(dirty).changed)
+    return "modification times", list(changes_since(root, since).changed)
+
+
+def _start_receiver(
+    dir: str, local_addr: str, port: int, key: bytes, copy_id: int, seeds: list[bytes]
+) -> _native.Receiver:
+    receiver = _native.Receiver(dir, local_addr, port, key, copy_id=copy_id)
+    try:
+        receiver.seed_needs(seeds)
+    except ValueError:
+        # One path the wire refuses must not lose the others.
+        for path in seeds:
+            with contextlib.suppress(ValueError):
+                receiver.seed_needs([path])
+    return receiver
 
 
 def _session_synced(receiver: _native.Receiver) -> bool:

@@ -21,9 +21,17 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from mirrorcore.rfs.filters import Filter
-from mirrorcore.rfs.pending import Item, Pending
+from mirrorcore.rfs.pending import Item, Key, Pending
 
-__all__ = ["NamespaceStats", "NamespaceTarget", "sync_namespace"]
+__all__ = [
+    "NamespaceStats",
+    "NamespaceTarget",
+    "ensure_entry",
+    "join",
+    "relative",
+    "replicated_entries",
+    "sync_namespace",
+]
 
 #: The xattr namespaces that are replicated (as the FUSE layer forwards them).
 _XATTR_PREFIXES = (b"user.", b"trusted.")
@@ -67,50 +75,81 @@ def sync_namespace(root_fd: int, target: NamespaceTarget, filter: Filter, pendin
     Blocking and atomic by design: call it with no `await` around it (the FUSE loop waits).
     """
     stats = NamespaceStats()
-    by_inode: dict[tuple[int, int], Item] = {}
+    by_inode: dict[Key, Item] = {}
+    first_names: dict[Key, bytes] = {}
     dirs: list[tuple[bytes, int]] = []
     for dirpath, dirnames, filenames, dir_fd in os.fwalk(b".", dir_fd=root_fd, follow_symlinks=False):
-        rel_dir = _relative(dirpath)
-        kept: list[tuple[bytes, bytes, os.stat_result]] = []
-        for name in sorted([*dirnames, *filenames]):
-            rel = _join(rel_dir, name)
-            try:
-                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-            except FileNotFoundError:
-                continue  # removed behind the mirror's back since the listing
-            if filter.replicated(rel, is_dir=stat.S_ISDIR(st.st_mode)):
-                kept.append((name, rel, st))
+        rel_dir = relative(dirpath)
+        kept = replicated_entries(dir_fd, rel_dir, [*dirnames, *filenames], filter)
         target.prune(rel_dir, [name for name, _, _ in kept])
         subdirs = []
         for name, rel, st in kept:
             stats.entries += 1
+            first = ensure_entry(target, dir_fd, name, rel, st, first_names)
             if stat.S_ISDIR(st.st_mode):
-                _ensure(target, "dir", rel, st, _xattrs(dir_fd, name))
                 subdirs.append(name)
                 dirs.append((rel, st.st_mtime_ns))
                 stats.dirs += 1
             elif stat.S_ISREG(st.st_mode):
                 key = (st.st_dev, st.st_ino)
-                item = by_inode.get(key) if st.st_nlink > 1 else None
-                if item is not None:
-                    target.ensure_link(item.paths[0], rel)
-                    pending.add_name(item, rel)
+                if first is not None:
+                    pending.add_name(by_inode[key], rel)
                     continue
-                _ensure(target, "file", rel, st, _xattrs(dir_fd, name))
                 item = Item(key, [rel], st.st_size, mtime_ns=st.st_mtime_ns)
                 by_inode[key] = item
                 pending.add(item)
                 stats.files += 1
                 stats.file_bytes += st.st_size
-            elif stat.S_ISLNK(st.st_mode):
-                _ensure(target, "symlink", rel, st, None, link_target=os.readlink(name, dir_fd=dir_fd))
-            else:
-                _ensure(target, "node", rel, st, _xattrs(dir_fd, name))
         dirnames[:] = [name for name in dirnames if name in subdirs]
     # Directory times last, deepest first: creating and removing their entries changed them.
     for rel, mtime_ns in reversed(dirs):
         target.utimens(rel, None, mtime_ns)
     return stats
+
+
+def replicated_entries(
+    dir_fd: int, rel_dir: bytes, names: list[bytes], filter: Filter
+) -> list[tuple[bytes, bytes, os.stat_result]]:
+    """(name, relative path, lstat) of the replicated entries among `names` of one directory, by name."""
+    kept = []
+    for name in sorted(names):
+        rel = join(rel_dir, name)
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            continue  # removed behind the mirror's back since the listing
+        if filter.replicated(rel, is_dir=stat.S_ISDIR(st.st_mode)):
+            kept.append((name, rel, st))
+    return kept
+
+
+def ensure_entry(
+    target: NamespaceTarget, dir_fd: int, name: bytes, rel: bytes, st: os.stat_result, first_names: dict[Key, bytes]
+) -> bytes | None:
+    """Queues what makes the secondary's `rel` this entry (`name` in the directory open on `dir_fd`).
+
+    A further name of a hard-linked file whose first name was ensured (recorded in `first_names`)
+    becomes an `ensure_link` to it — an `ensure` would give the secondary a private copy again.
+
+    Returns:
+        That first name for such a further name, else None.
+    """
+    if stat.S_ISDIR(st.st_mode):
+        _ensure(target, "dir", rel, st, _xattrs(dir_fd, name))
+    elif stat.S_ISREG(st.st_mode):
+        key = (st.st_dev, st.st_ino)
+        first = first_names.get(key) if st.st_nlink > 1 else None
+        if first is not None:
+            target.ensure_link(first, rel)
+            return first
+        _ensure(target, "file", rel, st, _xattrs(dir_fd, name))
+        if st.st_nlink > 1:
+            first_names[key] = rel
+    elif stat.S_ISLNK(st.st_mode):
+        _ensure(target, "symlink", rel, st, None, link_target=os.readlink(name, dir_fd=dir_fd))
+    else:
+        _ensure(target, "node", rel, st, _xattrs(dir_fd, name))
+    return None
 
 
 def _ensure(
@@ -155,9 +194,11 @@ def _xattrs(dir_fd: int, name: bytes) -> list[tuple[bytes, bytes]] | None:
         raise
 
 
-def _relative(dirpath: bytes) -> bytes:
+def relative(dirpath: bytes) -> bytes:
+    """A path of `os.fwalk(b".")` relative to the root (b"" for the root itself)."""
     return b"" if dirpath == b"." else dirpath[2:] if dirpath.startswith(b"./") else dirpath
 
 
-def _join(parent: bytes, name: bytes) -> bytes:
+def join(parent: bytes, name: bytes) -> bytes:
+    """`name` inside the relative directory `parent` (b"" is the root)."""
     return name if not parent else parent + b"/" + name

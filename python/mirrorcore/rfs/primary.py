@@ -20,7 +20,7 @@ so a link lost or a stop before that leaves it distrusted, and `sync-<index>.jso
 resync is incomplete: the next resync goes by timestamp.
 
 Progress is reported to the daemon as JSON lines on stdout (`{"event": ...}`); the daemon's
-commands (pause, resume, boost) arrive as JSON lines on stdin.
+commands (pause, resume, boost; verify) arrive as JSON lines on stdin.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -36,9 +37,10 @@ from typing import Any
 import trio
 
 from mirrorcore import _native
-from mirrorcore.rfs.copyids import CopyRecord, SyncRecord, choose_mode, new_copy_id
+from mirrorcore.rfs.copyids import SyncRecord, choose_mode, new_copy_id
 from mirrorcore.rfs.filters import Filter
 from mirrorcore.rfs.fuse import MirrorFS
+from mirrorcore.rfs.linkstate import LinkState, Marked, save_synced
 from mirrorcore.rfs.pending import NamespaceObserver
 from mirrorcore.rfs.resync import Resync, ResyncTarget, zones_plan
 from mirrorcore.rfs.throttle import Throttle
@@ -212,30 +214,30 @@ async def report_tracking(tracking: Tracking, dir: str) -> None:
         await trio.sleep(TRACKING_POLL_SECONDS)
 
 
-async def read_commands(throttle: Throttle, stream: trio.abc.ReceiveStream) -> None:
-    """The daemon's resync commands, one JSON line each (`{"cmd": "pause"}`), until the stream ends."""
+async def read_commands(
+    throttle: Throttle, stream: trio.abc.ReceiveStream, verify: Callable[[bool], None] | None = None
+) -> None:
+    """The daemon's commands, one JSON line each, until the stream ends.
+
+    `{"cmd": "pause"}` (resume, boost, unboost) go to the resync's throttle; `{"cmd": "verify",
+    "repair": bool}` calls `verify(repair)`, which answers with a `verify` event.
+    """
     buffer = b""
     async for chunk in stream:
         buffer += chunk
         while b"\n" in buffer:
             line, buffer = buffer.split(b"\n", 1)
             try:
-                name = json.loads(line)["cmd"]
+                command = json.loads(line)
+                name = command["cmd"]
+                if name == "verify" and verify is not None:
+                    verify(bool(command.get("repair", False)))
+                    continue
                 state = throttle.command(str(name))
             except (ValueError, KeyError, TypeError) as exc:
                 report("resync_command", ok=False, detail=str(exc))
             else:
                 report("resync_command", ok=True, cmd=name, state=state)
-
-
-@dataclass
-class _Marked:
-    """A resync whose completion mark is queued."""
-
-    copy_id: int
-    seq: int
-    started_at: float  # wall clock: every operation the secondary may lack afterwards came later
-    confirmed: bool = False
 
 
 async def keep_linked(
@@ -245,15 +247,22 @@ async def keep_linked(
     tracking: Tracking,
     resync: ResyncSettings,
     throttle: Throttle,
+    link: LinkState | None = None,
 ) -> None:
     """Forever: connect to the secondary, resync it online, forward until the link drops."""
+    link = link or LinkState()
     while True:
         forwarder = await trio.to_thread.run_sync(_connect, settings)
         if forwarder is None:
             await trio.sleep(RETRY_SECONDS)
             continue
         try:
-            marked = await _resync(ops, forwarder, filter, tracking, resync, throttle)
+            link.resyncing = True
+            try:
+                marked = await _resync(ops, forwarder, filter, tracking, resync, throttle)
+            finally:
+                link.resyncing = False
+            link.following(forwarder, marked)
             await _follow(forwarder, resync, marked)
             detail = "the secondary stopped answering; recording changes until it returns"
         except LOST as exc:
@@ -262,9 +271,11 @@ async def keep_linked(
             # A bug or a local failure: the mount must stay up for the application; retry later.
             log.exception("resync of %s failed", resync.dir)
             detail = f"the resync failed ({type(exc).__name__}: {exc}); retrying in {RESYNC_FAILED_RETRY_SECONDS:.0f} s"
+            link.following(None)
             await _give_up(ops, forwarder, tracking, detail)
             await trio.sleep(RESYNC_FAILED_RETRY_SECONDS)
             continue
+        link.following(None)
         await _give_up(ops, forwarder, tracking, detail)
 
 
@@ -287,7 +298,7 @@ async def _resync(
     tracking: Tracking,
     settings: ResyncSettings,
     throttle: Throttle,
-) -> _Marked:
+) -> Marked:
     """Runs one resync over a fresh link and queues its completion mark."""
     record = await trio.to_thread.run_sync(SyncRecord.load, settings.state_dir, settings.index)
     peer_copy_id = forwarder.peer_copy_id
@@ -328,10 +339,10 @@ async def _resync(
     seq = forwarder.mark(copy_id)
     tracking.marked(seq)
     report("synced", dir=settings.dir, **progress.snapshot(trio.current_time()))
-    return _Marked(copy_id, seq, started_at)
+    return Marked(copy_id, seq, started_at)
 
 
-async def _follow(forwarder: _native.Forwarder, settings: ResyncSettings, marked: _Marked) -> None:
+async def _follow(forwarder: _native.Forwarder, settings: ResyncSettings, marked: Marked) -> None:
     """Forwards (the FUSE layer does) until the link drops; keeps the sync record up to date.
 
     Once the mark is on the secondary's disk the resync is complete; after that, the sync time
@@ -356,11 +367,7 @@ async def _follow(forwarder: _native.Forwarder, settings: ResyncSettings, marked
 
 
 async def _save_complete(settings: ResyncSettings, copy_id: int, in_sync_at: float) -> None:
-    def save() -> None:
-        SyncRecord(copy_id, in_sync_at, complete=True).save(settings.state_dir, settings.index)
-        CopyRecord(copy_id, in_sync_at).save(settings.state_dir, settings.index)
-
-    await trio.to_thread.run_sync(save)
+    await trio.to_thread.run_sync(save_synced, settings.state_dir, settings.index, copy_id, in_sync_at, True)
 
 
 def _connect(settings: LinkSettings) -> _native.Forwarder | None:

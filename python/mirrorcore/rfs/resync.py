@@ -37,6 +37,7 @@ from typing import Any, Protocol
 import trio
 
 from mirrorcore import _native
+from mirrorcore.rfs.blocks import BLOCK, CHUNK, LOST, TO_END, LocalSums, SumsTarget, compare_chunk, send_runs
 from mirrorcore.rfs.copyids import ModeChoice
 from mirrorcore.rfs.filters import Filter
 from mirrorcore.rfs.namespace import NamespaceTarget, sync_namespace
@@ -44,32 +45,17 @@ from mirrorcore.rfs.pending import Item, NamespaceObserver, Pending, align
 from mirrorcore.rfs.progress import Progress
 from mirrorcore.rfs.throttle import Throttle
 
-__all__ = ["BLOCK", "CHUNK", "Resync", "ResyncTarget", "differing_runs", "zones_plan"]
-
-#: Bytes per checksummed block (the native `local_sums` / `request_sums` unit).
-BLOCK = 64 << 10
-#: Bytes compared per step: the application waits for one chunk's checksums at most.
-CHUNK = 4 << 20
-#: Bytes per block checksum.
-SUM = 16
-#: A range "to the end of the file".
-TO_END = 1 << 62
-
-LOST = (ConnectionError, TimeoutError)
+__all__ = ["Resync", "ResyncTarget", "zones_plan"]
 
 log = logging.getLogger(__name__)
 
-LocalSums = Callable[[int, bytes, int, int, int], tuple[int, bytes]]
 ZonesPlan = dict[bytes, list[tuple[int, int]] | None]
 
 
-class ResyncTarget(NamespaceTarget, Protocol):
+class ResyncTarget(NamespaceTarget, SumsTarget, Protocol):
     """The part of the native Forwarder a resync uses (see .contracts/resync.md)."""
 
-    def copy_range(self, root_fd: int, path: bytes, offset: int, length: int) -> int: ...
     def truncate(self, path: bytes, size: int) -> int: ...
-    def request_sums(self, path: bytes, offset: int, length: int, block: int) -> int: ...
-    def take_sums(self, seq: int, timeout: float | None = None) -> tuple[int, bytes]: ...
     def request_needs(self) -> int: ...
     def take_needs(self, seq: int, timeout: float | None = None) -> list[tuple[bool, bytes]]: ...
 
@@ -103,30 +89,6 @@ def zones_plan(dirty: ZonesSource, block: int = BLOCK) -> ZonesPlan:
                 if name is not None:
                     plan[name] = None
     return plan
-
-
-def differing_runs(local: bytes, remote: bytes, offset: int, block: int, size: int) -> list[tuple[int, int]]:
-    """The (offset, length) runs of blocks whose checksums differ, clipped at the primary's `size`.
-
-    `local` and `remote` are concatenated 16-byte checksums of the blocks from `offset`; a block
-    the secondary does not have (its file is shorter) differs.
-    """
-    runs: list[tuple[int, int]] = []
-    for i in range(len(local) // SUM):
-        at = i * SUM
-        if local[at : at + SUM] == remote[at : at + SUM]:
-            continue
-        start = offset + i * block
-        if runs and runs[-1][0] + runs[-1][1] == start:
-            runs[-1] = (runs[-1][0], runs[-1][1] + block)
-        else:
-            runs.append((start, block))
-    if runs:
-        last_off, last_len = runs[-1]
-        runs[-1] = (last_off, max(0, min(last_len, size - last_off)))
-        if runs[-1][1] == 0:
-            runs.pop()
-    return runs
 
 
 class Resync:
@@ -243,8 +205,10 @@ class Resync:
             item = self.pending.at_origin(path)
             if item is None:
                 continue
-            if item.queued and self.choice.mode == "zones" and not created_now:
-                continue  # the trusted map's zones hold every change; size and times are set at the end
+            if item.queued and self.choice.mode == "zones" and not created_now and not self.choice.peer_diverged:
+                # The trusted map's zones hold every change; size and times are set at the end. (A
+                # secondary that wrote on its own names files whose changes may lie outside them.)
+                continue
             item.created_now = item.created_now or created_now
             self._queue(item, None)
         self.pending.forget_unqueued()
@@ -293,33 +257,22 @@ class Resync:
         found = self._locate(item)
         if found is None:
             return None
-        path, _ = found
-        size, local = self._local_sums(self.root_fd, path, pos, n, self.block)
-        if size < 0:
+        compared = await compare_chunk(self.root_fd, self.target, found[0], pos, n, self.block, self._local_sums)
+        if compared is None:
             return None
-        if pos >= size:
+        size = compared.size
+        if compared.remote_size is None:
             return size, None
-        seq = self.target.request_sums(path, pos, n, self.block)
-        try:
-            remote_size, remote = await trio.to_thread.run_sync(self.target.take_sums, seq, abandon_on_cancel=True)
-        except LOST:
-            raise
-        except OSError as exc:
-            # The secondary could not read its copy there: every block is sent.
-            log.warning("no checksums from the secondary for %r at %d: %s; sending the blocks", path, pos, exc)
-            remote_size, remote = -1, b""
-        runs = differing_runs(local, remote, pos, self.block, size)
-        if runs:
-            await self.throttle.take(sum(length for _, length in runs))
+        if compared.runs:
+            await self.throttle.take(sum(length for _, length in compared.runs))
             # One step: the differing blocks as the primary has them now.
             found = self._locate(item)
             if found is None:
                 return None
-            for offset, length in runs:
-                self.progress.bytes_sent += self.target.copy_range(self.root_fd, found[0], offset, length)
+            self.progress.bytes_sent += send_runs(self.root_fd, self.target, found[0], compared.runs)
         self.progress.bytes_done += min(n, size - pos)
         self._report()
-        return size, remote_size != size
+        return size, compared.remote_size != size
 
     async def _copy_chunk(self, item: Item, pos: int, n: int) -> tuple[int, bool | None] | None:
         """A file the secondary has just created empty: its data is sent without comparing."""

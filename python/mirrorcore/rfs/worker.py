@@ -178,11 +178,15 @@ async def _run_module(module: str, index: int) -> None:
 
     Tracks what the secondary lacks in `<lib>/<module>/dirty-<index>.bin` (see rfs/primary.py):
     loaded at start if present, saved with the clean flag after a clean stop (SIGTERM/SIGINT).
-    Resync commands from the daemon arrive on stdin (see primary.read_commands).
+    Marks this node diverged before mounting, and clears it at a clean stop that left the
+    secondary with everything (rfs/linkstate.py). Resync and verify commands from the daemon
+    arrive on stdin (see primary.read_commands).
     """
     from mirrorcore.config import load_module
     from mirrorcore.keys import load_key
     from mirrorcore.paths import Paths
+    from mirrorcore.rfs.blocks import CHUNK
+    from mirrorcore.rfs.linkstate import LinkState, mark_diverged, stop_cleanly
     from mirrorcore.rfs.primary import (
         LinkSettings,
         ResyncSettings,
@@ -192,8 +196,8 @@ async def _run_module(module: str, index: int) -> None:
         report,
         report_tracking,
     )
-    from mirrorcore.rfs.resync import CHUNK
     from mirrorcore.rfs.throttle import Throttle
+    from mirrorcore.rfs.verify import verify_command
 
     paths = Paths.from_env()
     config = load_module(paths, module)
@@ -212,6 +216,9 @@ async def _run_module(module: str, index: int) -> None:
     state_dir = paths.state_dir(module)
     tracking = Tracking(tracking_file(state_dir, index), config.rfs.ruzone_blocksize)
     resync = ResyncSettings(replicated.dir, state_dir, index, config.rfs.nbrei, config.rfs.syncdelta)
+    # Durably, before the first application write: a crash from here on leaves this node diverged.
+    mark_diverged(state_dir, index)
+    link = LinkState()
     if tracking.loaded:
         trust = "trusted (clean stop)" if tracking.dirty.clean else "distrusted (the previous run did not stop cleanly)"
         report("tracking_loaded", dir=replicated.dir, trusted=tracking.dirty.clean, detail=f"map {trust}")
@@ -221,11 +228,16 @@ async def _run_module(module: str, index: int) -> None:
         )
         report("ready", dir=replicated.dir)
         throttle = Throttle(config.rfs.reiallowedbw, burst=CHUNK)
-        nursery.start_soon(keep_linked, ops, filter, settings, tracking, resync, throttle)
+        nursery.start_soon(keep_linked, ops, filter, settings, tracking, resync, throttle, link)
         nursery.start_soon(report_tracking, tracking, replicated.dir)
+
+        def verify(repair: bool) -> None:
+            emit = functools.partial(report, "verify", dir=replicated.dir)
+            nursery.start_soon(verify_command, ops.root_fd, filter, link, throttle, repair, emit)
+
         if not os.isatty(0):
-            # The daemon's commands (pause, resume, boost) come on stdin, one JSON line each.
-            nursery.start_soon(read_commands, throttle, trio.lowlevel.FdStream(os.dup(0)))
+            # The daemon's commands (pause, resume, boost; verify) come on stdin, one JSON line each.
+            nursery.start_soon(read_commands, throttle, trio.lowlevel.FdStream(os.dup(0)), verify)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
                 log.info("signal %d: unmounting", signum)
@@ -233,6 +245,8 @@ async def _run_module(module: str, index: int) -> None:
                 break
     # Unmounted: no operation can come any more.
     tracking.save_clean()
+    if stop_cleanly(link, state_dir, index):
+        log.info("the secondary has every operation of %s: this node no longer diverges", replicated.dir)
 
 
 def tracking_file(state_dir: Path, index: int) -> Path:
