@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from mirrorcore._config_service import check_ident
 
 __all__ = [
     "ACTIONS",
+    "HANDLER_TIMEOUT",
     "PROC_ACTIONS",
     "Checks",
     "CustomCheck",
@@ -23,12 +26,15 @@ __all__ = [
     "Proc",
     "SplitBrainCheck",
     "TcpCheck",
+    "is_handler",
     "parse_checks",
     "parse_errd",
 ]
 
 ACTIONS = ("stop", "stopstart", "wait", "restart", "swap")
 PROC_ACTIONS = (*ACTIONS, "noaction")
+#: Seconds a `<proc>` handler may run before it is killed (`handler_timeout`), like the stop scripts'.
+HANDLER_TIMEOUT = 300.0
 WHEN = ("pre", "prim", "second", "both")
 _MODULE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
@@ -37,10 +43,11 @@ _MODULE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 class Proc:
     """An errd `<proc>`: `proc.<name>` goes down when fewer than `atleast` (default 1) or more than
     `atmax` (default None: no limit) matching processes run; then `action` (default stopstart;
-    `noaction`: only watch) applies. `cls` ("class" in XML: prim (default), second, both or pre) says
-    in which states it is watched. A process matches by `name` (its command name or the base name of
-    argv[0]), or when given by `nameregex` (the same names, whole match) or `argregex` (searched in
-    the whole command line); `name` then only names the resource.
+    `noaction`: only watch; an absolute path: that handler program runs, killed after
+    `handler_timeout` seconds, default 300) applies. `cls` ("class" in XML: prim (default),
+    second, both or pre) says in which states it is watched. A process matches by `name` (its
+    command name or the base name of argv[0]), or when given by `nameregex` (the same names, whole
+    match) or `argregex` (searched in the whole command line); `name` then only names the resource.
     """
 
     name: str
@@ -50,6 +57,17 @@ class Proc:
     cls: str
     nameregex: str | None = None
     argregex: str | None = None
+    handler_timeout: float = HANDLER_TIMEOUT
+
+    @property
+    def handler(self) -> str | None:
+        """The handler program `action` names, or None for a built-in action."""
+        return self.action if is_handler(self.action) else None
+
+
+def is_handler(action: str) -> bool:
+    """Whether a `<proc action>` names a handler program (an absolute path) rather than an action."""
+    return action.startswith("/")
 
 
 @dataclass(frozen=True)
@@ -154,7 +172,13 @@ def parse_errd(el: etree._Element | None, file: Path) -> Errd | None:
         atleast = pa.integer("atleast", 1, low=0)
         atmax_text = pa.text("atmax")
         atmax = None if atmax_text in (None, "none", "-1") else pa.integer("atmax", None, low=0)
-        action = pa.choice("action", PROC_ACTIONS, "stopstart")
+        action = _proc_action(pa, name)
+        handler_timeout = pa.duration("handler_timeout", HANDLER_TIMEOUT, "s")
+        if pa.text("handler_timeout") is not None and not is_handler(action):
+            raise pa.error(
+                f'<proc name="{name}" handler_timeout> applies to a handler program, not to action="{action}"',
+                'remove handler_timeout, or set action="/absolute/path/of/the/handler"',
+            )
         cls = pa.choice("class", WHEN, "prim")
         nameregex, argregex = _regex(pa, "nameregex"), _regex(pa, "argregex")
         pa.done()
@@ -167,8 +191,30 @@ def parse_errd(el: etree._Element | None, file: Path) -> Errd | None:
             raise pa.error(f'<proc name="{name}"> can never fail (atleast 0, no atmax)', "set atleast or atmax")
         if any(p.name == name for p in procs):
             raise pa.error(f'<proc name="{name}"> is listed twice', "keep one <proc> per process name")
-        procs.append(Proc(name, atleast, atmax, action, cls, nameregex, argregex))
+        procs.append(Proc(name, atleast, atmax, action, cls, nameregex, argregex, handler_timeout))
     return Errd(polltimer, tuple(procs))
+
+
+def _proc_action(a: Attrs, name: str) -> str:
+    """A built-in action, or the absolute path of an executable handler program (checked now)."""
+    action = (a.text("action", "stopstart") or "").strip()
+    if action in PROC_ACTIONS:
+        return action
+    desc = f'<proc name="{name}" action="{action}">'
+    use = f"use one of: {', '.join(PROC_ACTIONS)}, or the absolute path of a handler program"
+    if not is_handler(action):
+        raise a.error(f"{desc} is not valid (a handler program is named by its absolute path)", use)
+    try:
+        st = os.stat(action)
+    except FileNotFoundError:
+        raise a.error(f"{desc}: the handler {action} does not exist", f"create it and chmod +x it, or {use}") from None
+    except OSError as e:
+        raise a.error(f"{desc}: cannot read the handler {action} ({e.strerror})", "check the path") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise a.error(f"{desc}: the handler {action} is not a file", f"name the handler program itself, or {use}")
+    if not os.access(action, os.X_OK):
+        raise a.error(f"{desc}: the handler {action} is not executable", f"chmod +x {action}")
+    return action
 
 
 def _regex(a: Attrs, name: str) -> str | None:

@@ -25,6 +25,7 @@ from mirrorcore._config_check import (
     Proc,
     SplitBrainCheck,
     TcpCheck,
+    is_handler,
     parse_checks,
     parse_errd,
 )
@@ -69,6 +70,7 @@ __all__ = [
     "VirtualAddr",
     "detect_local_node",
     "format_duration",
+    "is_handler",
     "load_cluster",
     "load_module",
     "parse_duration",

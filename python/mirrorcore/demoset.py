@@ -63,7 +63,7 @@ USERCONFIG_XML = """<safe>
       <!-- The app by its command line. The lab's nodes (and other labs) share one /proc: the lab's
            name in the command line keeps other labs' apps out of the count. -->
       <proc name="demoapp" argregex="mirrorcore[.]demoapp serve .*--lab %LAB%( |$)" atleast="1"
-            action="restart" class="prim"/>
+            action="{errd_action}" class="prim"/>
     </errd>
     <check>
       <tcp ident="app" when="prim"><to addr="127.0.0.1" port="%APP_PORT%" interval="1s" timeout="1s"/></tcp>
@@ -122,6 +122,8 @@ class DemoSettings:
     handle_time: str = "0"
     rules: str = ""  # the <failover> rules, besides the default ones
     checks: str = ""  # more checkers inside <check>
+    errd_action: str = "restart"  # the demoapp <proc>'s action: an action, or a handler's absolute path
+    bin_files: tuple[tuple[str, str], ...] = ()  # (name, text): more executables in the module's bin dir
 
 
 class DemoCluster:
@@ -149,6 +151,7 @@ class DemoCluster:
             handle_time=settings.handle_time,
             rules=settings.rules,
             checks=settings.checks,
+            errd_action=settings.errd_action,
             lab=self.lab.name,
             witness=WITNESS,
         )
@@ -162,6 +165,8 @@ class DemoCluster:
                 _write(module / "bin" / name, text, mode=0o755)
             for name in ("prestart", "poststop"):
                 _write(module / "bin" / name, NOOP, mode=0o755)
+            for name, text in settings.bin_files:
+                _write(module / "bin" / name, text, mode=0o755)
 
     def ctl(self, node: str, *args: str, check: bool = False, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """Runs `mirrorctl ARGS -m demo` on a node."""

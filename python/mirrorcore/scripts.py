@@ -4,6 +4,9 @@ Each script gets `current next action` as arguments and the module's `<var>`s in
 its output is appended to `script.log`. Stop scripts that do not finish within `nicestoptimeout`
 are run again with `force` as the action, and that run is killed, with every process it started,
 after `forcestoptimeout`.
+
+`run_program` runs another program of the module (an errd `<proc>` handler) the same way: same
+environment plus what the caller adds, output in `script.log`, killed with its children at a timeout.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,9 +86,10 @@ class ScriptRunner:
     def log_file(self) -> Path:
         return self.log_dir / LOG_NAME
 
-    def _environ(self) -> dict[str, str]:
+    def _environ(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         env = dict(os.environ)
         env.update(self.env)
+        env.update(extra or {})
         env["MODULE"] = env["MIRRORCORE_MODULE"] = self.module
         if self.node is not None:
             env["NODE"] = self.node
@@ -132,6 +136,35 @@ class ScriptRunner:
             )
         return self._result(script, "force", rc, killed, tail, nice)
 
+    async def run_program(
+        self, path: Path, args: Sequence[str], *, limit: float, env: Mapping[str, str] | None = None
+    ) -> ScriptResult:
+        """Runs a program that is not one of the module's scripts, as the scripts are run.
+
+        Args:
+            path: the program (absolute).
+            args: its arguments.
+            limit: seconds it may take; then it is killed with every process it started.
+            env: variables added to the scripts' environment.
+
+        Returns:
+            The outcome (`script` is the program's path); never raises for a program failure.
+        """
+        name = str(path)
+        if not os.access(path, os.X_OK):
+            missing = not os.access(path, os.F_OK)
+            what = "is missing" if missing else "is not executable"
+            fix = "create it and chmod +x it" if missing else f"chmod +x {path}"
+            return ScriptResult(name, False, None, f"{path} {what}. Fix: {fix}.")
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            rc, killed, tail = await self._run_once(path, tuple(args), limit, env)
+        except OSError as e:
+            return ScriptResult(name, False, None, f"{path} could not be run: {e.strerror or e}")
+        ok = rc == 0 and not killed
+        why = f"{path} killed after its time limit of {limit:g}s" if killed else f"{path} exited with code {rc}"
+        return ScriptResult(name, ok, rc, why + (": " + " | ".join(tail) if tail else ""))
+
     def _result(
         self, script: str, action: str, rc: int | None, killed: bool, tail: list[str], why: str | None
     ) -> ScriptResult:
@@ -144,7 +177,7 @@ class ScriptRunner:
         return ScriptResult(script, ok, rc, detail)
 
     async def _run_once(
-        self, path: Path, args: tuple[str, str, str], limit: float | None
+        self, path: Path, args: tuple[str, ...], limit: float | None, env: Mapping[str, str] | None = None
     ) -> tuple[int, bool, list[str]]:
         """Returns (exit status, killed at the time limit, last output lines)."""
         stamp = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
@@ -160,7 +193,7 @@ class ScriptRunner:
                 stdin=subprocess.DEVNULL,
                 stdout=fd,
                 stderr=subprocess.STDOUT,
-                env=self._environ(),
+                env=self._environ(env),
                 cwd=str(self.bin_dir),
                 start_new_session=True,  # its own process group, so a kill reaches every child
             )

@@ -3,9 +3,11 @@
 `Watch` owns the resource table, runs every configured checker and errd as tasks, and runs the
 rule engine. A rule that fires becomes an `fsm.Command` whose initiator is the rule's label (so it
 counts against maxloop and the log says which rule acted); a `wait()` rule that clears becomes
-`fsm.RuleCleared`. The daemon calls `node_changed` after every step, `peer_beat`/`link_changed`/
-`all_lost` for heartbeat news, `witness` when every heartbeat is lost, and `handle` for the
-`get`, `set`, `checker` and `errd` commands; it sends `resources.snapshot()` in its heartbeats.
+`fsm.RuleCleared`. The rule of an errd `<proc>` whose action is a handler program runs that program
+instead, in the background (`checkers.handlers`): not a command, so it does not count against
+maxloop. The daemon calls `node_changed` after every step, `peer_beat`/`link_changed`/`all_lost`
+for heartbeat news, `witness` when every heartbeat is lost, and `handle` for the `get`, `set`,
+`checker` and `errd` commands; it sends `resources.snapshot()` in its heartbeats.
 
 Checkers see the module's state through `checker_state`: WAIT while a script runs, so a `prim`
 checker (and errd's `class="prim"`) starts watching once start_prim has returned, and STOP while
@@ -30,6 +32,7 @@ from mirrorcore.checkers import (
     IpChecker,
     ModuleChecker,
     PingChecker,
+    ProcHandlers,
     Resources,
     RuleEngine,
     TcpChecker,
@@ -38,10 +41,11 @@ from mirrorcore.checkers import (
     witness_reachable,
 )
 from mirrorcore.checkers.splitbrain import WITNESS_TIMEOUT
-from mirrorcore.config import ModuleConfig
+from mirrorcore.config import ModuleConfig, Proc
 from mirrorcore.heart import Beat, unpack_resources
 from mirrorcore.modlog import ModuleLog
 from mirrorcore.paths import Paths
+from mirrorcore.scripts import ScriptRunner
 from mirrorcore.vip import VipManager
 
 __all__ = ["COMMANDS", "IP_INTERVAL", "Watch"]
@@ -121,6 +125,17 @@ class Watch:
         self._bin_dir = paths.bin_dir(config.name)
         self._watched = self._build(paths)
         self.errd = ErrdWatcher(config.errd, self.errd_state) if config.errd is not None else None
+        runner = ScriptRunner(
+            module=config.name,
+            bin_dir=self._bin_dir,
+            log_dir=paths.log_dir(config.name),
+            env=dict(config.user.vars),
+            nicestoptimeout=config.user.nicestoptimeout,
+            forcestoptimeout=config.user.forcestoptimeout,
+            node=config.node,
+        )
+        self.handlers = ProcHandlers(config.errd.procs if config.errd is not None else (), runner, log)
+        self._nursery: trio.Nursery | None = None  # where handlers run, once `run` has started
         for hb in config.heart.heartbeats:
             self.resources.declare(f"heartbeat.{hb.ident}", by="heart")
         sb = config.checks.splitbrain
@@ -167,6 +182,7 @@ class Watch:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Runs every checker, errd and the rule engine until cancelled."""
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             for w in self._watched:
                 await nursery.start(w.checker.run, self.resources)
             if self.errd is not None:
@@ -178,6 +194,16 @@ class Watch:
     async def _fire(self, action: str, rule: str, reason: str) -> None:
         detail = reason.removesuffix(f"; action {action}")
         self.log.write(_sentence(reason), level="E", initiator=rule)
+        proc = self.handlers.for_rule(rule, action)
+        if proc is not None:
+            # Not a command: the rule stays fired (no rearm) until proc.<name> stops being down.
+            last = self.last_rule = _LastRule(rule, action, reason, time.time(), "handler running")
+            run = partial(self._run_handler, proc, last)
+            if self._nursery is None:
+                await run()
+            else:
+                self._nursery.start_soon(run)
+            return
         self.last_rule = _LastRule(rule, action, reason, time.time())
         self._acting.add(rule)
         step = await self._submit(fsm.Command(action, time.time(), initiator=rule, detail=detail))
@@ -187,6 +213,10 @@ class Watch:
             if self._node().phase is not fsm.Phase.SCRIPT:
                 self._acting.discard(rule)
             self.last_rule.outcome = f"refused: {step.refused}"
+
+    async def _run_handler(self, proc: Proc, last: _LastRule) -> None:
+        count = self.errd.counts.get(proc.name, 0) if self.errd is not None else 0
+        last.outcome = await self.handlers.run(proc, self._node().state.value, count)
 
     async def _clear(self, action: str, rule: str, reason: str) -> None:
         # Only a wait() waits for its rule to clear; other rules clear as soon as their action stops

@@ -127,6 +127,49 @@ def test_errd_off_stops_watching_and_on_resumes(lab: Lab) -> None:
     assert "Errd set off" in cluster.module_log("node1")
 
 
+HANDLER = "/etc/mirrorcore/modules/demo/bin/on_demoapp_down"
+HANDLER_MARKER = "/run/mirrorcore/handler.marker"
+HANDLER_SCRIPT = f"""#!/bin/sh
+# errd handler of proc.demoapp: PROC_NAME CURRENT_STATE; MODULE, NODE, RESOURCE, COUNT and the <var>s.
+echo "$1 $2 $MODULE $NODE $RESOURCE $COUNT $APP_PORT" >> {HANDLER_MARKER}
+exec mirrorctl restart -m "$MODULE" -i handler
+"""
+
+
+def test_an_errd_handler_runs_when_the_app_dies_and_restarts_it_itself(lab: Lab) -> None:
+    settings = DemoSettings(errd_action=HANDLER, bin_files=(("on_demoapp_down", HANDLER_SCRIPT),))
+    cluster = started(lab, settings)
+    cluster.ctl("node1", "checker", "off", check=True)  # only errd acts: the tcp checker would restart too
+    until("errd counts the app", lambda: resource(cluster, "node1", "proc.demoapp") == "up")
+    pid = app_pid(lab)
+    assert pid is not None
+    killed_at = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    restarted(cluster, pid)
+    print(f"\nERRD kill -> handler -> app restarted, PRIM green: {time.monotonic() - killed_at:.2f} s")
+    marker = lab.host_path("node1", HANDLER_MARKER)
+    assert marker.read_text().splitlines() == ["demoapp PRIM demo node1 proc.demoapp 0 8080"]
+    until("the handler's exit logged", lambda: "Handler of proc.demoapp:" in cluster.module_log("node1"))
+    log = cluster.module_log("node1")
+    assert (
+        f"[proc_demoapp_down] Rule proc_demoapp_down (proc.demoapp == down) held: proc.demoapp is down; "
+        f"action {HANDLER}" in log
+    )
+    assert f"[proc_demoapp_down] Handler of proc.demoapp: {HANDLER} exited with code 0" in log
+    assert "[handler] Action restart called" in log
+    status = cluster.state("node1")
+    # The handler's run is not counted against maxloop; the restart it asked for with -i is.
+    assert status["loop"] == {"count": 1, "maxloop": 3}
+    last = status["last_rule"]
+    assert (last["rule"], last["action"], last["outcome"]) == (
+        "proc_demoapp_down",
+        HANDLER,
+        "handler exited with code 0",
+    )
+    assert "on_demoapp_down demoapp PRIM" in lab.host_path("node1", "/var/log/mirrorcore/demo/script.log").read_text()
+    assert cluster.client("get", "/")[:2] == (200, "node1")
+
+
 def test_an_app_that_stops_answering_on_its_port_is_restarted(lab: Lab) -> None:
     cluster = started(lab)
     pid = app_pid(lab)

@@ -268,3 +268,23 @@ def test_format_then_parse_duration_round_trips(us: int) -> None:
     text = format_duration(us / 1_000_000)
     back = parse_duration(text, default_unit="s", file=Path("f"), line=None)
     assert round(back * 1_000_000) == us
+
+
+def test_a_proc_handler_loads_with_its_timeout(tmp_path: Path) -> None:
+    handler = tmp_path / "on_down"
+    handler.write_text("#!/bin/sh\n")
+    handler.chmod(0o755)
+    xml = f"""<safe><macro name="H" value="{handler}"/><service>
+      <heart><heartbeat name="default"/></heart>
+      <errd>
+        <proc name="app" action="%H%" handler_timeout="30"/>
+        <proc name="db" action="{handler}"/>
+        <proc name="web" action="restart"/>
+      </errd>
+    </service></safe>"""
+    cfg = load_module(make_paths(tmp_path, xml), "AM", node="node1")
+    assert cfg.errd is not None
+    app, db, web = cfg.errd.procs
+    assert (app.action, app.handler, app.handler_timeout) == (str(handler), str(handler), 30.0)
+    assert (db.handler, db.handler_timeout) == (str(handler), 300.0)
+    assert (web.handler, web.action) == (None, "restart")

@@ -175,3 +175,29 @@ def test_cluster_errors(tmp_path: Path, cluster: str, what: str) -> None:
     with pytest.raises(ConfigError, match=r"cluster\.xml:\d+: .*\. Fix: ") as info:
         load_cluster(tmp_path / "cluster.xml")
     assert re.search(what, str(info.value))
+
+
+def test_a_proc_handler_must_be_an_executable_file_named_by_its_absolute_path(tmp_path: Path) -> None:
+    handlers = tmp_path / "handlers"
+    handlers.mkdir()
+    plain = handlers / "plain"
+    plain.write_text("#!/bin/sh\n")
+    plain.chmod(0o644)
+    cases = [
+        (
+            f"{handlers}/nope",
+            "the handler .*/nope does not exist",
+            r"create it and chmod \+x it, or use one of: .*noaction",
+        ),
+        (str(plain), "the handler .*/plain is not executable", f"chmod \\+x {plain}"),
+        (str(handlers), "the handler .*/handlers is not a file", "name the handler program itself"),
+        ("on_down", 'action="on_down"> is not valid \\(a handler program is named by its absolute path\\)', "absolute"),
+    ]
+    for i, (action, what, fix) in enumerate(cases):
+        err, line = error_for(tmp_path / str(i), f'<errd>\n<proc name="app" action="{action}"/></errd>')
+        assert (err.line, str(err).split(":")[1]) == (line + 1, str(line + 1))
+        assert re.search(what, err.what), err.what
+        assert re.search(fix, err.fix), err.fix
+    err, _ = error_for(tmp_path / "t", '<errd><proc name="app" action="restart" handler_timeout="5s"/></errd>')
+    assert "handler_timeout> applies to a handler program" in err.what
+    assert "remove handler_timeout" in err.fix

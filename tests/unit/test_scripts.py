@@ -136,3 +136,55 @@ async def test_a_start_script_may_leave_a_daemon_running(runner: ScriptRunner, t
     finally:
         if pidfile.exists():
             os.kill(int(pidfile.read_text()), 9)
+
+
+# ---- run_program: an errd handler, run as the scripts are --------------------------------
+
+
+async def test_a_program_gets_its_arguments_the_module_environment_and_extra_variables(
+    runner: ScriptRunner, tmp_path: Path
+) -> None:
+    handler = write_script(
+        tmp_path / "handlers",
+        "on_down",
+        'echo "args=$* module=$MODULE node=$NODE services=$SERVICES resource=$RESOURCE count=$COUNT"\n'
+        'echo "cwd=$(pwd)"\nexit 4\n',
+    )
+    runner.bin_dir.mkdir()
+    result = await runner.run_program(
+        handler, ("postgres", "ALONE"), limit=5, env={"RESOURCE": "proc.pg", "COUNT": "0"}
+    )
+    assert (result.ok, result.returncode, result.script) == (False, 4, str(handler))
+    assert result.detail.startswith(f"{handler} exited with code 4: ")
+    log = log_text(runner)
+    assert "args=postgres ALONE module=am node=node1 services=postgresql resource=proc.pg count=0" in log
+    assert f"cwd={runner.bin_dir}" in log
+    assert "on_down postgres ALONE" in log.splitlines()[0]  # the header names the run
+    ok = await runner.run_program(write_script(tmp_path / "handlers", "fine", "true\n"), (), limit=5)
+    assert (ok.ok, ok.returncode, ok.detail) == (True, 0, f"{tmp_path / 'handlers/fine'} exited with code 0")
+
+
+async def test_a_program_past_its_time_limit_is_killed_with_its_children(runner: ScriptRunner, tmp_path: Path) -> None:
+    pidfile = tmp_path / "child.pid"
+    runner.bin_dir.mkdir()
+    handler = write_script(tmp_path / "h", "slow", f"sleep 30 &\necho $! > {pidfile}\necho waiting\nwait\n")
+    with trio.fail_after(5):
+        result = await runner.run_program(handler, ("app", "PRIM"), limit=0.3)
+    assert not result.ok
+    assert result.returncode == -9
+    assert result.detail == f"{handler} killed after its time limit of 0.3s: waiting"
+    assert "=== slow: killed after 0.3s" in log_text(runner)
+    await trio.sleep(0.1)
+    assert process_state(int(pidfile.read_text())) in ("gone", "Z")
+
+
+async def test_a_missing_or_non_executable_program_is_reported_with_the_fix(
+    runner: ScriptRunner, tmp_path: Path
+) -> None:
+    missing = await runner.run_program(tmp_path / "nope", ("app", "PRIM"), limit=5)
+    assert (missing.ok, missing.returncode) == (False, None)
+    assert missing.detail == f"{tmp_path / 'nope'} is missing. Fix: create it and chmod +x it."
+    plain = write_script(tmp_path / "h", "plain", "true\n")
+    plain.chmod(0o644)
+    result = await runner.run_program(plain, ("app", "PRIM"), limit=5)
+    assert result.detail == f"{plain} is not executable. Fix: chmod +x {plain}."

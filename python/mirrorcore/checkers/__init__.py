@@ -8,12 +8,13 @@ calls back with the action of each rule that held for `handle_time`.
 from mirrorcore.checkers._loop import StateFn, is_active
 from mirrorcore.checkers.custom import CustomChecker
 from mirrorcore.checkers.errd import ErrdWatcher, ProcMatch, count_processes
+from mirrorcore.checkers.handlers import ProcHandlers
 from mirrorcore.checkers.intf import IntfChecker
 from mirrorcore.checkers.ip import IpChecker, vip_status
 from mirrorcore.checkers.module import ModuleChecker, module_up
 from mirrorcore.checkers.ping import PingChecker, ping, ping_any, reachable
 from mirrorcore.checkers.resources import Entry, Resources, lookup_in, split_name
-from mirrorcore.checkers.rules_runtime import DEFAULT_PERIOD, Decision, RuleEngine, default_rules, describe
+from mirrorcore.checkers.rules_runtime import DEFAULT_PERIOD, Decision, RuleEngine, default_rules, describe, proc_rule
 from mirrorcore.checkers.splitbrain import witness_reachable
 from mirrorcore.checkers.tcp import TcpChecker, tcp_up
 
@@ -27,6 +28,7 @@ __all__ = [
     "IpChecker",
     "ModuleChecker",
     "PingChecker",
+    "ProcHandlers",
     "ProcMatch",
     "Resources",
     "RuleEngine",
@@ -40,6 +42,7 @@ __all__ = [
     "module_up",
     "ping",
     "ping_any",
+    "proc_rule",
     "reachable",
     "split_name",
     "tcp_up",

@@ -23,7 +23,7 @@ from mirrorcore import rules as rl
 from mirrorcore.checkers.resources import Resources, lookup_in
 from mirrorcore.config import ModuleConfig
 
-__all__ = ["DEFAULT_PERIOD", "Decision", "RuleEngine", "default_rules", "describe"]
+__all__ = ["DEFAULT_PERIOD", "Decision", "RuleEngine", "default_rules", "describe", "proc_rule"]
 
 #: Seconds between two evaluations when nothing changes. Every change is evaluated at once and
 #: every handle_time deadline is woken for exactly, so this tick is only a safety net (a clock
@@ -95,16 +95,26 @@ class _VipLike(Protocol):
     def addrs(self) -> Sequence[_AddrLike]: ...
 
 
+def _label(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", text)
+
+
+def proc_rule(name: str) -> str:
+    """The label of the default rule of errd's `<proc name>`: `proc_<name>_down`."""
+    return _label(f"proc_{name}_down")
+
+
 def _down(cls: str, ident: str, action: str, label: str) -> rl.Rule:
-    label = re.sub(r"[^A-Za-z0-9_-]", "_", label)
-    return rl.Rule(label, rl.Compare(rl.Resource("local", cls, ident), "==", "down"), action, 0)
+    return rl.Rule(_label(label), rl.Compare(rl.Resource("local", cls, ident), "==", "down"), action, 0)
 
 
 def default_rules(errd: _ErrdLike | None, checks: _ChecksLike, vips: Sequence[_VipLike] = ()) -> tuple[rl.Rule, ...]:
     """The rules of SPEC §5 for what the module configures (heartbeats are the daemon's own business).
 
     `intf.?` and `ip.?` use "any": one lost interface or one stolen VIP is enough to act.
-    Each checker gets a rule on its own resource with its configured action.
+    Each checker gets a rule on its own resource with its configured action. A `<proc>` whose action
+    is a handler program gets a rule whose action is that program's path: the daemon runs it (`Watch`)
+    instead of giving a command to the state machine.
     """
     out: list[rl.Rule] = []
     if any(v.check for v in vips):
@@ -113,7 +123,7 @@ def default_rules(errd: _ErrdLike | None, checks: _ChecksLike, vips: Sequence[_V
         out.append(_down("ip", "?", "stopstart", "vip_down"))
     for p in errd.procs if errd is not None else ():
         if p.action != "noaction":
-            out.append(_down("proc", p.name, p.action, f"proc_{p.name}_down"))
+            out.append(_down("proc", p.name, p.action, proc_rule(p.name)))
     for cls, items in (("tcp", checks.tcp), ("ping", checks.ping), ("custom", checks.custom)):
         out.extend(_down(cls, c.ident, c.action, f"{cls}_{c.ident}_down") for c in items)
     out.extend(_down("module", c.ident, c.action, f"module_{c.ident}_down") for c in checks.modules)
