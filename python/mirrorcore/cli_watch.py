@@ -73,5 +73,7 @@ def status_lines(status: dict[str, Any]) -> list[str]:
     if last:
         at = time.strftime("%H:%M:%S", time.localtime(float(last.get("at", 0))))
         outcome = "" if last.get("outcome") == "applied" else f" ({last.get('outcome')})"
-        lines.append(f"last rule at {at}: {last.get('rule')} -> {last.get('action')}(){outcome}: {last.get('reason')}")
+        action = str(last.get("action"))
+        shown = action if action.startswith("/") else f"{action}()"  # a handler program is not a rule action
+        lines.append(f"last rule at {at}: {last.get('rule')} -> {shown}{outcome}: {last.get('reason')}")
     return lines
