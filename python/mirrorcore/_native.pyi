@@ -131,6 +131,18 @@ class Receiver:
     `ensure` created it). Kept until handed out; handed-out seeds are seeded again for the next session unless a
     `mark` is applied after them in the same session, and a `reset` forgets them (stats: `seeds_pending`,
     `seeds_handed`).
+
+    Failures: the primary forwards only operations that succeeded locally, so one that fails to apply here (ENOSPC,
+    EIO, EROFS, a copy changed outside replication) means this copy is no longer the primary's. A few results equal to
+    the primary's are tolerated (unlink/rmdir of what is already gone, removexattr of an absent attribute, an xattr
+    outside `user.`/`trusted.` the file system does not support): counted in `apply_errors`, applying goes on. Any
+    other failure halts the session: nothing from the failed operation on is applied or acknowledged (the operations
+    before it are flushed and acknowledged as flushed), the primary is told why and the connection is closed (its
+    `barrier` raises ConnectionError naming the failure). The failed operation's paths are seeded as needs (so the
+    next resync compares them whole) and the copy id is kept; when a `reset` or a flush (syncfs) failed, the copy id
+    becomes 0 (the next resync is full). `failure` (and `stats()["failed"]`) then holds the message — the path, the
+    operation, the errno and the fix — until a `mark` is applied in a later session once every seed was handed out:
+    until then this copy is inconsistent. `last_error` shows `failure` first.
     """
 
     def __new__(
@@ -151,6 +163,8 @@ class Receiver:
     def port(self) -> int: ...
     @property
     def last_error(self) -> str | None: ...
+    @property
+    def failure(self) -> str | None: ...
     def seed_needs(self, paths: list[bytes]) -> None: ...
     def stats(self) -> dict[str, int]: ...
     def drain(self, timeout: float) -> int: ...

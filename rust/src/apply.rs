@@ -11,6 +11,10 @@
 //! (`futimens`, atime untouched), and for other operations the primary sends
 //! a [`Op::Utimens`] with the times it ended with right after them.
 //!
+//! Failures: `apply/failure.rs` tells which failures leave the copy as the
+//! primary's operation left it ([`tolerated`]) and words the others
+//! ([`explain`]); the cache's applier stops the session at those.
+//!
 //! Resync: `apply/resync.rs` applies `prune`, `ensure` and `ensure_link`
 //! (keeping the needs list), `apply/answer.rs` answers requests,
 //! `apply/tree.rs` walks and removes directories by fd.
@@ -25,10 +29,13 @@ use crate::beneath::{check, cstring, openat, Parent, Root};
 use crate::wire::Op;
 
 mod answer;
+mod failure;
 mod resync;
 #[cfg(test)]
 mod resync_tests;
 mod tree;
+
+pub use failure::{damaged, errno_name, explain, explain_flush, tolerated};
 
 /// How many files the applier keeps open for writing.
 const FD_CACHE: usize = 64;
@@ -38,6 +45,8 @@ const SYS_FCHMODAT2: libc::c_long = 452;
 /// Applies operations in order under one root directory.
 pub struct Applier {
     root: Root,
+    /// The root as given (for messages).
+    dir: PathBuf,
     fds: HashMap<Vec<u8>, (OwnedFd, u64)>,
     tick: u64,
     /// `(created_now, path)` of the files `ensure` found failing the quick check.
@@ -52,10 +61,16 @@ impl Applier {
     pub fn new(root: &Path) -> io::Result<Applier> {
         Ok(Applier {
             root: Root::open(root)?,
+            dir: root.to_path_buf(),
             fds: HashMap::new(),
             tick: 0,
             needs: Vec::new(),
         })
+    }
+
+    /// The root directory, as given to [`Applier::new`].
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Flushes the root's file system to disk (`syncfs`).

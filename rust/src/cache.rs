@@ -8,6 +8,11 @@
 //! `none`, and when [`Cache::drain`] asks; each flush is reported to the
 //! primary as an [`AckKind::Flushed`] ack.
 //!
+//! Every ack comes from the applier, never ahead of it: in mode `second` a
+//! barrier is acknowledged ([`AckKind::Received`]) once the applier reached it,
+//! every operation before it applied (in the page cache: a crash of the
+//! receiver process loses none of them), in mode `none` once flushed.
+//!
 //! Requests (`RequestSums`, …) are answered by the applier when it reaches
 //! them, so a reply reflects every earlier operation and no later one, in
 //! either mode. The applier also keeps the copy id: an applied
@@ -20,9 +25,27 @@
 //! session end first, they are seeded again for the next primary, whose
 //! resync must cover them too. An applied `Reset` forgets them (a full copy
 //! follows).
+//!
+//! Failures: the primary forwards only what succeeded locally, so an
+//! operation that fails here (ENOSPC, EIO, EROFS, a copy changed behind our
+//! back…) leaves the copy no longer the primary's, except for the few results
+//! [`crate::apply::tolerated`] accepts (counted, then applying goes on). At any
+//! other failure the session **halts**: nothing from the failed operation on is
+//! applied (the queue is dropped, requests go unanswered), the operations
+//! before it are flushed and acknowledged as flushed, no ack ever covers the
+//! failed one, the primary is told ([`Reply::Halted`], with the message) and
+//! the session is hung up. The primary's tracking keeps every unconfirmed
+//! operation, so its next resync covers them; in addition the failed
+//! operation's paths are seeded as needs, so any resync mode compares them
+//! whole. The copy id is kept (the copy is that copy plus a prefix of later
+//! operations, one of them half applied, which those seeds name) — except when
+//! a `Reset` failed or a flush (`syncfs`) failed (what is on disk is unknown):
+//! then it becomes 0 and the next resync is full. [`Cache::failure`] keeps the
+//! message until a `Mark` is applied once every seed was handed out (a later
+//! resync completed: the copy is consistent again).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -42,6 +65,11 @@ pub trait AckSink: Send + Sync {
     fn send(&self, ack: Ack);
     /// Sends the reply to request `seq`, likewise.
     fn reply(&self, seq: u64, reply: &Reply);
+    /// The session halted at operation `seq`: sends `reply` (a
+    /// [`Reply::Halted`]) and ends the session.
+    fn hang_up(&self, seq: u64, reply: &Reply) {
+        self.reply(seq, reply);
+    }
 }
 
 /// Counters of the cache, for `Receiver.stats()`.
@@ -63,6 +91,14 @@ pub struct CacheStats {
     pub last_error: Option<String>,
 }
 
+/// What the applier does after an operation.
+enum Outcome {
+    /// Applied (or a tolerated failure): go on.
+    Done,
+    /// The session halts (see the module docs).
+    Halt,
+}
+
 /// The bounded, ordered queue between the session reader and the applier.
 pub struct Cache {
     state: Mutex<State>,
@@ -71,6 +107,8 @@ pub struct Cache {
     progress: Condvar,
     capacity: usize,
     copy_id: AtomicU64,
+    /// This session halted: the session reader sends no more acks.
+    halted: AtomicBool,
 }
 
 struct Entry {
@@ -92,6 +130,12 @@ struct State {
     seeds: Vec<Vec<u8>>,
     /// Seeded needs handed out in this session, until a mark says they were resynced.
     handed: Vec<Vec<u8>>,
+    /// The applier is done with this halted session: queue dropped, peer told.
+    settled: bool,
+    /// The failure that left the copy inconsistent, until a resync's mark.
+    failure: Option<String>,
+    /// What to tell the primary when the applier settles a halted session.
+    halt_reply: Option<(u64, Reply)>,
 }
 
 impl Cache {
@@ -109,12 +153,16 @@ impl Cache {
                 session: 0,
                 seeds: Vec::new(),
                 handed: Vec::new(),
+                settled: false,
+                failure: None,
+                halt_reply: None,
             }),
             work: Condvar::new(),
             space: Condvar::new(),
             progress: Condvar::new(),
             capacity,
             copy_id: AtomicU64::new(copy_id),
+            halted: AtomicBool::new(false),
         })
     }
 
@@ -149,6 +197,19 @@ impl Cache {
         // Handed to a primary whose resync did not complete: the next one must cover them.
         let handed = std::mem::take(&mut s.handed);
         s.seeds.extend(handed);
+        s.settled = false;
+        s.halt_reply = None;
+        self.halted.store(false, Ordering::SeqCst);
+    }
+
+    /// Whether this session halted at a failure (see the module docs).
+    pub fn halted(&self) -> bool {
+        self.halted.load(Ordering::SeqCst)
+    }
+
+    /// The failure that left the copy inconsistent, until a later resync's mark.
+    pub fn failure(&self) -> Option<String> {
+        self.lock().failure.clone()
     }
 
     /// Adds paths to the needs list the next `RequestNeeds` hands back, as
@@ -173,17 +234,21 @@ impl Cache {
     }
 
     /// Queues a verified operation; blocks while the cache is full.
-    /// Returns `false` when the cache is closing (the operation is dropped).
+    /// Returns `false` when the cache is closing or the session halted (the
+    /// operation is dropped: the session must end).
     pub fn push(&self, seq: u64, op: Op, size: usize) -> bool {
         let mut s = self.lock();
-        while s.stats.bytes > 0 && s.stats.bytes + size as u64 > self.capacity as u64 && !s.closing
+        while s.stats.bytes > 0
+            && s.stats.bytes + size as u64 > self.capacity as u64
+            && !s.closing
+            && !self.halted()
         {
             s = self
                 .space
                 .wait(s)
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
-        if s.closing {
+        if s.closing || self.halted() {
             return false;
         }
         s.stats.received = seq;
@@ -198,8 +263,9 @@ impl Cache {
         self.lock().stats.clone()
     }
 
-    /// Waits until everything received is applied and flushed; returns the
-    /// last applied sequence number. `None` waits as long as it takes.
+    /// Waits until everything received is applied and flushed (or, in a
+    /// halted session, until the applier is done with it); returns the last
+    /// applied sequence number. `None` waits as long as it takes.
     ///
     /// # Errors
     /// [`MirrorError::Timeout`] when `timeout` passes first.
@@ -210,7 +276,8 @@ impl Cache {
         self.work.notify_one();
         loop {
             let st = &s.stats;
-            if s.ops.is_empty() && st.applied >= st.received && st.flushed >= st.applied {
+            let done = s.ops.is_empty() && st.applied >= st.received && st.flushed >= st.applied;
+            if done || s.settled {
                 return Ok(st.applied);
             }
             let wait = match deadline {
@@ -243,7 +310,8 @@ impl Cache {
     }
 
     /// The applier thread: applies in order until [`Cache::close`], then
-    /// applies what is left, flushes and returns.
+    /// applies what is left, flushes and returns. Halts a session at a
+    /// failure (see the module docs).
     pub fn run_applier(&self, mut applier: Applier) {
         let mut dirty_since: Option<Instant> = None;
         let mut session = 0;
@@ -255,42 +323,106 @@ impl Cache {
                 applier.clear_needs();
                 session = now;
             }
-            let mut size = 0;
-            let mut last = None;
+            let size = batch.iter().map(|e| e.size).sum();
+            let mut good = None;
+            let mut halt = None;
             for entry in batch {
-                size += entry.size;
-                last = Some(entry.seq);
-                if entry.op == Op::Barrier && self.lock().mode == Mode::None {
-                    self.mark_applied(entry.seq, 0);
-                    self.flush(&applier, entry.seq);
-                    dirty_since = None;
-                    continue;
+                if halt.is_some() {
+                    continue; // dropped: nothing after a failure is applied
                 }
-                if entry.op.is_request() {
-                    if entry.op == Op::RequestNeeds {
-                        applier.seed_needs(self.hand_seeds());
-                    }
-                    let reply = applier.answer(&entry.op);
-                    let mut s = self.lock();
-                    if let Reply::Failed { message, .. } = &reply {
-                        s.stats.last_error =
-                            Some(format!("answering seq {}: {message}", entry.seq));
-                    }
-                    if let Some(sink) = s.sink.clone() {
-                        drop(s);
-                        sink.reply(entry.seq, &reply);
-                    }
-                    continue;
+                match self.apply_one(&mut applier, &entry, &mut dirty_since) {
+                    Outcome::Done => good = Some(entry.seq),
+                    Outcome::Halt => halt = Some(entry.seq),
                 }
-                if let Err(e) = applier.apply(&entry.op) {
-                    let mut s = self.lock();
-                    s.stats.apply_errors += 1;
-                    s.stats.last_error =
-                        Some(format!("applying seq {} ({}): {e}", entry.seq, entry.op));
-                } else if let Op::Mark { tag } = entry.op {
+            }
+            self.mark_applied(good.unwrap_or(0), size);
+            if let Some(seq) = halt {
+                self.settle(&applier, seq);
+                dirty_since = None;
+                continue;
+            }
+            let due = dirty_since.is_some_and(|t| t.elapsed() >= FLUSH_EVERY);
+            if flush_now || due || stop {
+                let upto = self.lock().stats.applied;
+                if !self.flush(&applier, upto) {
+                    self.settle(&applier, upto + 1);
+                }
+                dirty_since = None;
+            }
+            if stop {
+                return;
+            }
+        }
+    }
+
+    /// Applies (or answers) one operation.
+    fn apply_one(
+        &self,
+        applier: &mut Applier,
+        entry: &Entry,
+        dirty_since: &mut Option<Instant>,
+    ) -> Outcome {
+        if entry.op == Op::Barrier {
+            let s = self.lock();
+            if s.mode == Mode::Second {
+                if let Some(sink) = s.sink.clone() {
+                    drop(s);
+                    sink.send(Ack {
+                        kind: AckKind::Received,
+                        seq: entry.seq,
+                    });
+                }
+                return Outcome::Done;
+            }
+            drop(s);
+            self.mark_applied(entry.seq, 0);
+            *dirty_since = None;
+            return if self.flush(applier, entry.seq) {
+                Outcome::Done
+            } else {
+                Outcome::Halt
+            };
+        }
+        if entry.op.is_request() {
+            if entry.op == Op::RequestNeeds {
+                applier.seed_needs(self.hand_seeds());
+            }
+            let reply = applier.answer(&entry.op);
+            let mut s = self.lock();
+            if let Reply::Failed { message, .. } = &reply {
+                s.stats.last_error = Some(format!("answering seq {}: {message}", entry.seq));
+            }
+            if let Some(sink) = s.sink.clone() {
+                drop(s);
+                sink.reply(entry.seq, &reply);
+            }
+            return Outcome::Done;
+        }
+        dirty_since.get_or_insert_with(Instant::now);
+        match applier.apply(&entry.op) {
+            Err(e) if crate::apply::tolerated(&entry.op, &e) => {
+                let mut s = self.lock();
+                s.stats.apply_errors += 1;
+                s.stats.last_error = Some(format!(
+                    "applying seq {} ({}): {e} (tolerated: the result is the primary's)",
+                    entry.seq, entry.op
+                ));
+                Outcome::Done
+            }
+            Err(e) => {
+                let message = crate::apply::explain(entry.seq, &entry.op, &e, applier.dir());
+                let errno = e.raw_os_error().unwrap_or(libc::EIO);
+                self.halt(entry.seq, errno, message, crate::apply::damaged(&entry.op));
+                Outcome::Halt
+            }
+            Ok(()) => {
+                if let Op::Mark { tag } = entry.op {
                     let mut s = self.lock();
                     s.stats.mark = tag;
                     s.handed.clear(); // the resync that got them completed
+                    if s.seeds.is_empty() {
+                        s.failure = None; // and repaired what a failure left
+                    }
                     drop(s);
                     self.set_copy_id(tag);
                 } else if entry.op == Op::Reset {
@@ -300,21 +432,55 @@ impl Cache {
                     drop(s);
                     self.set_copy_id(0);
                 }
-                dirty_since.get_or_insert_with(Instant::now);
-            }
-            if let Some(seq) = last {
-                self.mark_applied(seq, size);
-            }
-            let due = dirty_since.is_some_and(|t| t.elapsed() >= FLUSH_EVERY);
-            if flush_now || due || stop {
-                let upto = self.lock().stats.applied;
-                self.flush(&applier, upto);
-                dirty_since = None;
-            }
-            if stop {
-                return;
+                Outcome::Done
             }
         }
+    }
+
+    /// Halts the session at operation `seq`: records the failure, drops the
+    /// queue, seeds `damaged` (`None`: the copy id becomes 0). The first
+    /// failure of a session is the one reported; a later one (a flush) can
+    /// only make the copy id 0.
+    fn halt(&self, seq: u64, errno: i32, message: String, damaged: Option<Vec<Vec<u8>>>) {
+        let mut s = self.lock();
+        if damaged.is_none() {
+            s.seeds.clear();
+            s.handed.clear();
+            self.set_copy_id(0);
+        }
+        if self.halted.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        s.stats.apply_errors += 1;
+        s.stats.last_error = Some(message.clone());
+        s.failure = Some(message.clone());
+        if let Some(paths) = damaged {
+            s.seeds.extend(paths);
+        }
+        let dropped: usize = s.ops.drain(..).map(|e| e.size).sum();
+        s.stats.bytes -= dropped as u64;
+        s.halt_reply = Some((seq, Reply::Halted { errno, message }));
+        self.space.notify_all();
+        self.progress.notify_all();
+    }
+
+    /// Ends a halted session: flushes what was applied before the failure
+    /// (acked as flushed), tells the primary and hangs up.
+    fn settle(&self, applier: &Applier, seq: u64) {
+        if !self.halted() {
+            // A flush failed outside any operation: that is a halt too.
+            self.halt(seq, libc::EIO, "flush failed".into(), None);
+        }
+        let upto = self.lock().stats.applied;
+        self.flush(applier, upto);
+        let mut s = self.lock();
+        if let (Some((seq, reply)), Some(sink)) = (s.halt_reply.take(), s.sink.clone()) {
+            drop(s);
+            sink.hang_up(seq, &reply);
+            s = self.lock();
+        }
+        s.settled = true;
+        self.progress.notify_all();
     }
 
     /// Waits for work; returns the next batch, whether to flush after it,
@@ -360,10 +526,12 @@ impl Cache {
         self.progress.notify_all();
     }
 
-    fn flush(&self, applier: &Applier, upto: u64) {
+    /// Flushes to disk and acks up to `upto`; `false` when the flush failed
+    /// (the session is then halted, the copy id 0: what is on disk is unknown).
+    fn flush(&self, applier: &Applier, upto: u64) -> bool {
         let result = applier.sync();
         let mut s = self.lock();
-        match result {
+        let ok = match result {
             Ok(()) => {
                 s.stats.flushed = s.stats.flushed.max(upto);
                 if let Some(sink) = &s.sink {
@@ -372,10 +540,20 @@ impl Cache {
                         seq: s.stats.flushed,
                     });
                 }
+                true
             }
-            Err(e) => s.stats.last_error = Some(format!("syncfs: {e}")),
-        }
+            Err(e) => {
+                let message = crate::apply::explain_flush(&e, applier.dir());
+                let (seq, errno) = (s.stats.flushed + 1, e.raw_os_error().unwrap_or(libc::EIO));
+                drop(s);
+                self.halt(seq, errno, message, None);
+                s = self.lock();
+                false
+            }
+        };
         self.progress.notify_all();
+        drop(s);
+        ok
     }
 }
 
@@ -388,8 +566,9 @@ mod tests {
 
     impl AckSink for Recorder {
         fn send(&self, ack: Ack) {
-            assert_eq!(ack.kind, AckKind::Flushed);
-            self.0.fetch_max(ack.seq, Ordering::SeqCst);
+            if ack.kind == AckKind::Flushed {
+                self.0.fetch_max(ack.seq, Ordering::SeqCst);
+            }
         }
         fn reply(&self, _seq: u64, _reply: &Reply) {}
     }
@@ -533,6 +712,155 @@ mod tests {
         assert!(dir.join("i").exists());
         cache.close();
         assert!(!cache.push(3, create("j"), 1));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Keeps the flushed acks, the replies and the hang-up of a session.
+    #[derive(Default)]
+    struct Tap {
+        flushed: AtomicU64,
+        received: AtomicU64,
+        replies: Mutex<Vec<(u64, Reply)>>,
+        hung_up: Mutex<Option<(u64, Reply)>>,
+    }
+
+    impl AckSink for Tap {
+        fn send(&self, ack: Ack) {
+            if ack.kind == AckKind::Flushed {
+                self.flushed.fetch_max(ack.seq, Ordering::SeqCst);
+            } else {
+                self.received.fetch_max(ack.seq, Ordering::SeqCst);
+            }
+        }
+        fn reply(&self, seq: u64, reply: &Reply) {
+            self.replies.lock().unwrap().push((seq, reply.clone()));
+        }
+        fn hang_up(&self, seq: u64, reply: &Reply) {
+            *self.hung_up.lock().unwrap() = Some((seq, reply.clone()));
+        }
+    }
+
+    fn tapped(name: &str, mode: Mode, copy_id: u64) -> (std::path::PathBuf, Arc<Cache>, Arc<Tap>) {
+        let dir =
+            std::env::temp_dir().join(format!("mirrorcore-cache-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let cache = Cache::new(1 << 20, copy_id);
+        let tap = Arc::new(Tap::default());
+        cache.start_session(mode, tap.clone());
+        let applier = Applier::new(&dir).unwrap();
+        let c = cache.clone();
+        std::thread::spawn(move || c.run_applier(applier));
+        (dir, cache, tap)
+    }
+
+    /// A file where a directory is expected: creating beneath it fails (ENOTDIR).
+    fn doomed() -> Op {
+        create("plain/x")
+    }
+
+    #[test]
+    fn a_failure_halts_the_session_before_the_failed_op_in_both_modes() {
+        for (name, mode) in [("halt-second", Mode::Second), ("halt-none", Mode::None)] {
+            let (dir, cache, tap) = tapped(name, mode, 42);
+            assert!(cache.push(1, create("plain"), 10));
+            assert!(cache.push(2, create("before"), 10));
+            assert!(cache.push(3, doomed(), 10));
+            assert!(cache.push(4, create("after"), 10));
+            assert!(cache.push(5, Op::RequestNeeds, 10));
+            assert!(cache.push(6, Op::Mark { tag: 7 }, 10));
+            assert!(cache.push(7, Op::Barrier, 10));
+            assert_eq!(cache.drain(Some(Duration::from_secs(10))).unwrap(), 2);
+            // Everything before is on disk and acked as such; nothing from the failure on.
+            assert_eq!(tap.flushed.load(Ordering::SeqCst), 2);
+            assert_eq!(
+                tap.received.load(Ordering::SeqCst),
+                0,
+                "the barrier was acked"
+            );
+            assert!(dir.join("before").exists() && !dir.join("after").exists());
+            assert!(
+                tap.replies.lock().unwrap().is_empty(),
+                "a request was answered"
+            );
+            let (seq, reply) = tap.hung_up.lock().unwrap().clone().expect("no hang-up");
+            assert_eq!(seq, 3);
+            let Reply::Halted { errno, message } = reply else {
+                panic!("{reply:?}")
+            };
+            assert_eq!(errno, libc::ENOTDIR);
+            for part in ["seq 3", "create plain/x", "ENOTDIR", "repairs plain/x"] {
+                assert!(message.contains(part), "{part:?} not in {message:?}");
+            }
+            assert!(cache.halted());
+            assert_eq!(cache.failure(), Some(message));
+            assert_eq!(cache.stats().apply_errors, 1);
+            // The copy id stays (no mark applied after the failure); the path is seeded.
+            assert_eq!(cache.copy_id(), 42);
+            assert_eq!(cache.seeded(), (1, 0));
+            // A halted session takes nothing more.
+            assert!(!cache.push(8, create("later"), 10));
+            cache.close();
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_next_session_gets_the_failed_path_and_its_mark_ends_the_failure() {
+        let (dir, cache, _) = tapped("halt-next", Mode::Second, 42);
+        assert!(cache.push(1, create("plain"), 10));
+        assert!(cache.push(2, doomed(), 10));
+        cache.drain(Some(Duration::from_secs(10))).unwrap();
+        assert!(cache.failure().is_some());
+        let tap = Arc::new(Tap::default());
+        cache.start_session(Mode::Second, tap.clone());
+        assert!(!cache.halted());
+        assert!(cache.push(1, Op::RequestNeeds, 10));
+        assert!(cache.push(2, create("fine"), 10));
+        cache.drain(Some(Duration::from_secs(10))).unwrap();
+        let needs = tap.replies.lock().unwrap().pop();
+        assert!(
+            matches!(&needs, Some((1, Reply::Needs(n))) if *n == changed(&["plain/x"])),
+            "{needs:?}"
+        );
+        assert!(cache.failure().is_some(), "no mark yet");
+        assert!(cache.push(3, Op::Mark { tag: 9 }, 10));
+        cache.drain(Some(Duration::from_secs(10))).unwrap();
+        assert_eq!((cache.failure(), cache.copy_id()), (None, 9));
+        assert_eq!(tap.flushed.load(Ordering::SeqCst), 3);
+        cache.close();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_tolerated_failure_does_not_halt() {
+        let (dir, cache, tap) = tapped("tolerated", Mode::Second, 5);
+        assert!(cache.push(
+            1,
+            Op::Unlink {
+                path: b"gone".to_vec()
+            },
+            10
+        ));
+        assert!(cache.push(2, create("f"), 10));
+        assert_eq!(cache.drain(Some(Duration::from_secs(10))).unwrap(), 2);
+        assert_eq!(tap.flushed.load(Ordering::SeqCst), 2);
+        assert!(!cache.halted() && cache.failure().is_none());
+        assert_eq!(cache.stats().apply_errors, 1);
+        assert!(cache.stats().last_error.unwrap().contains("tolerated"));
+        assert!(tap.hung_up.lock().unwrap().is_none());
+        cache.close();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_failure_that_leaves_the_whole_copy_in_doubt_asks_for_a_full_copy() {
+        let (dir, cache, _) = tapped("doubt", Mode::Second, 5);
+        cache.seed_needs(vec![b"x".to_vec()]);
+        cache.halt(1, libc::EIO, "syncfs failed".into(), None);
+        assert_eq!((cache.copy_id(), cache.seeded()), (0, (0, 0)));
+        assert!(cache.halted());
+        cache.close();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -10,7 +10,10 @@
 //! flight): a full queue blocks the caller, which has released the GIL. A
 //! sender thread MACs and writes frames; an ack reader thread raises
 //! `acked_seq`/`flushed_seq` and wakes barriers. When the link fails, every
-//! later operation still works locally and is handed to `on_unsent`.
+//! later operation still works locally and is handed to `on_unsent`. A
+//! secondary that cannot apply an operation says so ([`Reply::Halted`]) and
+//! hangs up: the link is down with its message, nothing from that operation on
+//! is confirmed.
 //!
 //! Tracking: with a [`DirtyMap`] attached ([`Forwarder::track`]) every
 //! operation is recorded into it at the moment it gets its seq (under
@@ -35,7 +38,7 @@ use crate::auth::{self, ClusterKey, Mode, SessionKeys};
 use crate::dirty::DirtyMap;
 use crate::error::{MirrorError, Result};
 use crate::reply::Replies;
-use crate::wire::{self, AckKind, Message, Op, WRITE_CHUNK};
+use crate::wire::{self, AckKind, Message, Op, Reply, WRITE_CHUNK};
 use dial::dial;
 
 /// How to reach and authenticate to the secondary.
@@ -600,6 +603,10 @@ impl Shared {
         let mut r = BufReader::with_capacity(64 << 10, stream);
         loop {
             let why = match wire::read_message(&mut r, &self.keys.ack) {
+                Ok(Message::Reply {
+                    seq,
+                    reply: Reply::Halted { message, .. },
+                }) => format!("the secondary stopped at seq {seq}: {message}"),
                 Ok(Message::Reply { seq, reply }) => {
                     lock(&self.link).answered = Instant::now();
                     self.replies.deliver(seq, reply);

@@ -501,6 +501,7 @@ impl Forwarder {
 fn unexpected(seq: u64, reply: &Reply) -> MirrorError {
     let kind = match reply {
         Reply::Failed { .. } => "failure",
+        Reply::Halted { .. } => "a halt",
         Reply::Sums { .. } => "sums",
         Reply::Needs(_) => "needs",
         Reply::List(_) => "list",

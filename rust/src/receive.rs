@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 
 use crate::apply::Applier;
 use crate::auth::{self, ClusterKey, Mode, SessionKeys};
-use crate::cache::{AckSink, Cache, FLUSH_EVERY};
+use crate::cache::{AckSink, Cache};
 use crate::error::{MirrorError, Result};
-use crate::wire::{self, Ack, AckKind, Header, Op, Reply, HEADER_LEN, MAC_LEN, MAX_PAYLOAD};
+use crate::wire::{self, Ack, Header, Op, Reply, HEADER_LEN, MAC_LEN, MAX_PAYLOAD};
 
 /// How long a connecting peer has to complete the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -28,6 +28,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// operations to be applied, so that the copy id it announces includes their
 /// marks (the primary's connect timeout bounds the whole handshake).
 const HELLO_DRAIN: Duration = Duration::from_secs(2);
+/// How long a halted session waits for the primary to hang up.
+const HALT_LINGER: Duration = Duration::from_secs(5);
 
 /// A listening secondary (see the module docs).
 pub struct Receiver {
@@ -68,6 +70,16 @@ impl AckSink for AckWriter {
     fn reply(&self, seq: u64, reply: &Reply) {
         let raw = reply.encode(seq, &self.key);
         let _ = lock(&self.stream).write_all(&raw);
+    }
+
+    fn hang_up(&self, seq: u64, reply: &Reply) {
+        let raw = reply.encode(seq, &self.key);
+        let stream = lock(&self.stream);
+        let _ = (&*stream).write_all(&raw);
+        // Half-close: the session reader drains what is in flight until the primary
+        // hangs up (closing with unread data would reset the connection, and the
+        // primary could lose the reply).
+        let _ = stream.shutdown(Shutdown::Write);
     }
 }
 
@@ -173,14 +185,30 @@ impl Receiver {
             ("frames_rejected", s.frames_rejected.load(Ordering::Relaxed)),
             ("auth_failures", s.auth_failures.load(Ordering::Relaxed)),
             ("sessions", s.sessions.load(Ordering::Relaxed)),
-            ("connected", u64::from(s.connected.load(Ordering::Relaxed))),
+            // A halted session is over, though it may linger until the primary hangs up.
+            (
+                "connected",
+                u64::from(s.connected.load(Ordering::Relaxed) && !s.cache.halted()),
+            ),
+            ("failed", u64::from(self.shared.cache.failure().is_some())),
         ]
     }
 
-    /// The latest protocol, authentication, apply or flush failure.
+    /// The failure that left the copy inconsistent ([`Cache::failure`]), else
+    /// the latest protocol, authentication, apply or flush failure.
     pub fn last_error(&self) -> Option<String> {
+        if let Some(failure) = self.shared.cache.failure() {
+            return Some(failure);
+        }
         let own = lock(&self.shared.last_error).clone();
         own.or_else(|| self.shared.cache.stats().last_error)
+    }
+
+    /// The failure to apply that halted a session and left the copy
+    /// inconsistent; `None` once a later resync's mark repaired it (see
+    /// [`Cache::failure`]).
+    pub fn failure(&self) -> Option<String> {
+        self.shared.cache.failure()
     }
 
     /// Applies and flushes everything received; returns the last applied seq.
@@ -272,8 +300,8 @@ impl Shared {
         let reader = std::thread::Builder::new()
             .name("mirror-recv".into())
             .spawn(move || {
-                if let Err(e) = me.read_frames(reader_stream, &frame_key, mode, &*sink) {
-                    if !me.stopping.load(Ordering::SeqCst) {
+                if let Err(e) = me.read_frames(reader_stream, &frame_key) {
+                    if !me.stopping.load(Ordering::SeqCst) && !me.cache.halted() {
                         me.record(e.to_string());
                     }
                 }
@@ -292,17 +320,12 @@ impl Shared {
         }
     }
 
-    /// The session reader: verify, check the sequence, queue, ack barriers.
-    fn read_frames(
-        &self,
-        stream: TcpStream,
-        key: &[u8; 32],
-        mode: Mode,
-        sink: &dyn AckSink,
-    ) -> Result<()> {
+    /// The session reader: verify, check the sequence, queue. It sends no
+    /// acks: every ack comes from the applier, so none ever covers an operation
+    /// that failed to apply (see `cache.rs`).
+    fn read_frames(&self, stream: TcpStream, key: &[u8; 32]) -> Result<()> {
         let mut r = BufReader::with_capacity(256 << 10, stream);
         let mut expected = 1u64;
-        let mut last_ack = Instant::now();
         loop {
             let mut raw = [0u8; HEADER_LEN];
             match r.read_exact(&mut raw) {
@@ -322,16 +345,11 @@ impl Shared {
                 (HEADER_LEN + MAC_LEN) as u64 + u64::from(h.len),
                 Ordering::Relaxed,
             );
-            let barrier = op == Op::Barrier;
             if !self.cache.push(h.seq, op, size) {
+                if self.cache.halted() {
+                    discard(&mut r);
+                }
                 return Ok(());
-            }
-            if (barrier && mode == Mode::Second) || last_ack.elapsed() >= FLUSH_EVERY {
-                sink.send(Ack {
-                    kind: AckKind::Received,
-                    seq: h.seq,
-                });
-                last_ack = Instant::now();
             }
         }
     }
@@ -365,6 +383,20 @@ impl Shared {
     }
 }
 
+/// A halted session: reads and drops what the primary still sends until it
+/// hangs up (it does once it reads the halt), for at most [`HALT_LINGER`].
+fn discard(r: &mut BufReader<TcpStream>) {
+    let deadline = Instant::now() + HALT_LINGER;
+    let _ = r.get_ref().set_read_timeout(Some(HALT_LINGER));
+    let mut buf = vec![0u8; 64 << 10];
+    while Instant::now() < deadline {
+        match r.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
 fn handshake(stream: &mut TcpStream, key: &ClusterKey) -> Result<(SessionKeys, Mode)> {
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
@@ -381,7 +413,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::seal;
+    use crate::wire::{seal, AckKind};
 
     const KEY: &[u8] = b"receiver test key";
 
@@ -458,6 +490,53 @@ mod tests {
         rx.drain(Duration::from_secs(10)).unwrap();
         assert!(!dir.join("old").exists());
         assert_eq!(stat(&rx, "frames_rejected"), 2);
+        rx.close();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_failed_operation_ends_the_session_and_no_ack_covers_it() {
+        let (dir, rx) = start("halt");
+        rx.set_copy_id(77);
+        let (mut s, keys) = session(&rx);
+        for f in [
+            create("plain", 1, &keys.frame),
+            create("plain/x", 2, &keys.frame),
+            create("after", 3, &keys.frame),
+        ] {
+            s.write_all(&f).unwrap();
+        }
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut r = BufReader::new(s);
+        let mut halted = None;
+        loop {
+            match wire::read_message(&mut r, &keys.ack) {
+                Ok(wire::Message::Ack(ack)) => {
+                    assert!(ack.seq < 2 || ack.kind == AckKind::Hello, "{ack:?}");
+                }
+                Ok(wire::Message::Reply { seq, reply }) => halted = Some((seq, reply)),
+                Err(_) => break, // the receiver hung up
+            }
+        }
+        let Some((2, Reply::Halted { errno, message })) = halted else {
+            panic!("{halted:?}")
+        };
+        assert_eq!(errno, libc::ENOTDIR);
+        assert!(message.contains("create plain/x"), "{message}");
+        rx.drain(Duration::from_secs(10)).unwrap();
+        assert!(!dir.join("after").exists());
+        assert_eq!(rx.last_error(), Some(message.clone()));
+        assert_eq!(rx.failure(), Some(message));
+        assert_eq!(stat(&rx, "failed"), 1);
+        assert_eq!(stat(&rx, "connected"), 0);
+        drop(r);
+        // The next primary is told the same copy id, and gets the path among the needs.
+        let mut s = TcpStream::connect(("127.0.0.1", rx.port())).unwrap();
+        let (_, copy_id) =
+            auth::primary(&mut s, &ClusterKey::new(KEY).unwrap(), Mode::Second).unwrap();
+        assert_eq!(copy_id, 77);
+        assert_eq!(stat(&rx, "seeds_pending"), 1);
+        drop(s);
         rx.close();
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -62,6 +62,13 @@ impl Receiver {
         self.inner.last_error()
     }
 
+    /// Why the copy is inconsistent: the failure to apply that halted a session, until a
+    /// later resync's mark repaired it; None when the copy is consistent.
+    #[getter]
+    fn failure(&self) -> Option<String> {
+        self.inner.failure()
+    }
+
     fn stats(&self) -> HashMap<&'static str, u64> {
         self.inner.stats().into_iter().collect()
     }

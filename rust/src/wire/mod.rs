@@ -16,7 +16,8 @@
 //!
 //! An **ack** (secondary → primary) is `kind u8 | seq u64 | mac 16` with the
 //! session ack key: [`AckKind::Received`] says the operations up to `seq` are
-//! in the secondary's memory, [`AckKind::Flushed`] that they are on its disk.
+//! applied in the secondary's memory (its page cache; sent for barriers in
+//! mode `second`), [`AckKind::Flushed`] that they are on its disk.
 
 use crate::error::{MirrorError, Result};
 
@@ -100,7 +101,7 @@ pub fn mac(key: &[u8; 32], parts: &[&[u8]]) -> [u8; MAC_LEN] {
 pub enum AckKind {
     /// Sent once after the handshake: the session is open.
     Hello = 0,
-    /// Operations up to `seq` are in the secondary's memory.
+    /// Operations up to `seq` are applied in the secondary's memory (page cache).
     Received = 1,
     /// Operations up to `seq` are applied and on the secondary's disk.
     Flushed = 2,

@@ -6,7 +6,8 @@
 //! ```
 //!
 //! Acks keep their fixed size ([`super::ACK_LEN`]); a reader tells the two
-//! apart by the first byte ([`read_message`]). `seq` is the request's.
+//! apart by the first byte ([`read_message`]). `seq` is the request's; for a
+//! [`Reply::Halted`], that of the operation the secondary could not apply.
 
 use std::io::Read;
 
@@ -31,6 +32,9 @@ pub enum Reply {
     Needs(Vec<(bool, Vec<u8>)>),
     /// A directory's entries, sorted by name (empty for a missing directory).
     List(Vec<ListEntry>),
+    /// Not an answer: the secondary could not apply operation `seq` (or flush
+    /// it), applies nothing from it on and ends the session right after.
+    Halted { errno: i32, message: String },
 }
 
 /// One entry of a [`Reply::List`].
@@ -75,8 +79,12 @@ impl Reply {
         out.extend_from_slice(&[0; 4]);
         let mut w = Writer(&mut out);
         match self {
-            Reply::Failed { errno, message } => {
-                w.0.push(0);
+            Reply::Failed { errno, message } | Reply::Halted { errno, message } => {
+                w.0.push(if matches!(self, Reply::Failed { .. }) {
+                    0
+                } else {
+                    4
+                });
                 w.0.extend_from_slice(&errno.to_le_bytes());
                 w.bytes(message.as_bytes());
             }
@@ -121,6 +129,10 @@ impl Reply {
         let [tag] = r.take::<1>()?;
         let reply = match tag {
             0 => Reply::Failed {
+                errno: i32::from_le_bytes(r.take::<4>()?),
+                message: String::from_utf8_lossy(&r.bytes()?).into_owned(),
+            },
+            4 => Reply::Halted {
                 errno: i32::from_le_bytes(r.take::<4>()?),
                 message: String::from_utf8_lossy(&r.bytes()?).into_owned(),
             },
@@ -221,6 +233,10 @@ mod tests {
                 errno: libc::EIO,
                 message: "disk on fire".into(),
             },
+            Reply::Halted {
+                errno: libc::ENOSPC,
+                message: "disk full".into(),
+            },
             Reply::Sums {
                 size: -1,
                 sums: Vec::new(),
@@ -269,7 +285,7 @@ mod tests {
 
     #[test]
     fn any_corrupted_byte_of_a_reply_is_rejected() {
-        let raw = every_reply()[5].encode(1, &KEY);
+        let raw = every_reply()[6].encode(1, &KEY);
         for i in 0..raw.len() {
             let mut bad = raw.clone();
             bad[i] ^= 0x40;
