@@ -214,3 +214,64 @@ def test_a_primary_crashed_mid_resync_leaves_the_secondary_waiting_not_uptodate(
     # The half-synced copy never serves the application.
     assert cluster.client("get", "/kv/x", timeout=1.0)[0] == 0
     assert differences(lab.host_path("node1", DIR), lab.host_path("node2", DIR)) != []
+
+
+def test_a_returning_primary_loses_the_writes_its_peer_never_got(lab):
+    """node1 writes while the flow LAN is cut, crashes; node2 runs alone; node1 returns with node2's copy.
+
+    One of node1's lost writes keeps its file's size and mtime (an application restoring the time, as
+    `touch -r` or `rsync -t` do): neither the quick check nor node2's timestamp scan can see it, only
+    node1 naming its own changes when it returns (ctime since its sync time: the map died with it).
+    """
+    cluster = installed(lab)
+    cluster.start_pair()
+    old = 1_500_000_000
+    lab.exec(
+        "node1",
+        [
+            sys.executable,
+            "-c",
+            f"""
+import os
+os.makedirs("{DIR}/div", exist_ok=True)
+for name in ("rewritten", "grown"):
+    with open("{DIR}/div/" + name, "wb") as f:
+        f.write(b"A" * 100000)
+    os.utime("{DIR}/div/" + name, ({old}, {old}))
+""",
+        ],
+    )
+    assert wait_identical(lab) == []
+    lab.partition("private")  # the flow LAN: node1 queues, node2 receives nothing; heartbeats go on
+    lab.exec(
+        "node1",
+        [
+            sys.executable,
+            "-c",
+            f"""
+import os
+with open("{DIR}/div/rewritten", "r+b") as f:
+    f.write(b"B" * 5000)
+os.utime("{DIR}/div/rewritten", ({old}, {old}))
+with open("{DIR}/div/grown", "ab") as f:
+    f.write(b"C" * 10)
+with open("{DIR}/div/only_on_node1", "wb") as f:
+    f.write(b"D")
+""",
+        ],
+    )
+    lab.crash("node1")
+    cluster.wait_for("node2", "ALONE", timeout=30)
+    lab.heal()  # after node2 closed its receiver: nothing node1's kernel still had to send can land now
+    node2_file = lab.host_path("node2", f"{DIR}/div/rewritten")
+    assert node2_file.read_bytes() == b"A" * 100000  # the lost write really is on node1 only
+    assert cluster.client("put", "/kv/while_alone", "2")[:2] == (201, "node2")
+    cluster.ctl("node1", "start", check=True)
+    cluster.wait_for("node1", "SECOND", timeout=60)
+    assert wait_identical(lab) == []
+    assert lab.host_path("node1", f"{DIR}/div/rewritten").read_bytes() == b"A" * 100000
+    assert not lab.host_path("node1", f"{DIR}/div/only_on_node1").exists()
+    assert lab.host_path("node1", f"{DIR}/data/while_alone").read_text() == "2"
+    assert "may hold writes its peer never got" in cluster.module_log("node1")
+    resync = cluster.state("node2")["rfs"]["last_resync"]
+    assert "wrote on its own" in resync["reason"]
