@@ -172,6 +172,15 @@ class Mirror:
         """
         return bool(self._receivers) and all(_session_synced(r) for r in self._receivers)
 
+    @property
+    def resync_under_way(self) -> bool:
+        """Secondary: a primary is connected and its resync has not delivered its mark yet.
+
+        Unlike `not in_sync`, False when the link merely dropped (a crashed primary): the copy is
+        then as complete as the last mark plus what followed it, and the node may take over.
+        """
+        return any(_session_unsynced(r) for r in self._receivers)
+
     async def request_full(self) -> None:
         """Secondary: the next primary sends a full resync (`second fullsync`, primforce, split-brain loser).
 
@@ -400,6 +409,11 @@ def _session_synced(receiver: _native.Receiver) -> bool:
     stats = receiver.stats()
     mark = stats.get("mark", 0)
     return bool(stats.get("connected", 0)) and mark != 0 and mark == receiver.copy_id
+
+
+def _session_unsynced(receiver: _native.Receiver) -> bool:
+    """A primary is connected to the receiver, and its session has delivered no mark yet."""
+    return bool(receiver.stats().get("connected", 0)) and not _session_synced(receiver)
 
 
 def missing_tocheck(rfs: Rfs) -> list[str]:
