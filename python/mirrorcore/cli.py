@@ -75,11 +75,14 @@ def main() -> None:
 # ---- commands carried out by the daemon ---------------------------------------------------
 
 
-def _send(module: str | None, cmd: str, initiator: str | None, args: dict[str, Any] | None = None) -> control.Reply:
+def _send(
+    module: str | None, cmd: str, initiator: str | None, args: dict[str, Any] | None = None, timeout: float = 30.0
+) -> control.Reply:
     paths = _paths()
     name = module or _default_module(paths)
     try:
-        return control.call(paths.socket(name), control.Request(cmd=cmd, args=args or {}, initiator=initiator))
+        request = control.Request(cmd=cmd, args=args or {}, initiator=initiator)
+        return control.call(paths.socket(name), request, timeout=timeout)
     except control.DaemonNotRunning:
         raise CliError(
             f"module {name} is not running on this node (no daemon at {paths.socket(name)}); "
@@ -246,8 +249,9 @@ def _print_node(status: dict[str, Any], *, peer: bool = False) -> None:
         out.print(f"         {status['reason']}", style="dim" if peer else None)
     if not peer:
         from mirrorcore.cli_watch import status_lines
+        from mirrorcore.rfsctl import status_lines as rfs_lines
 
-        for extra in status_lines(status):
+        for extra in [*status_lines(status), *rfs_lines(status)]:
             out.print(f"         {extra}", markup=False)
 
 
@@ -436,8 +440,20 @@ def _register_watch() -> None:
     register(main, module_options, lambda module, cmd, initiator, args: _report(_send(module, cmd, initiator, args)))
 
 
+def _register_rfs() -> None:
+    from mirrorcore.cli_rfs import register
+
+    def state_dir(module: str | None) -> tuple[str, Path]:
+        paths = _paths()
+        name = module or _default_module(paths)
+        return name, paths.state_dir(name)
+
+    register(main, module_options, _send, state_dir)
+
+
 _register_demo()
 _register_watch()
+_register_rfs()
 
 if __name__ == "__main__":
     main()

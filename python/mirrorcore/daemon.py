@@ -18,7 +18,7 @@ from typing import Any
 
 import trio
 
-from mirrorcore import api, control, fsm, heart, watch
+from mirrorcore import api, control, fsm, heart, rfsctl, watch
 from mirrorcore.config import ModuleConfig
 from mirrorcore.modlog import ModuleLog
 from mirrorcore.paths import Paths
@@ -91,6 +91,7 @@ class Daemon:
             local=self._beat_fields,
         )
         self.mirror = Mirror(paths, config, key, self.log, self._mirror_changed) if config.rfs is not None else None
+        self.rfsctl = rfsctl.RfsControl(self.mirror, config, paths, self.log)
         self.watch = watch.Watch(
             config, paths, self.log, self.vip, node=lambda: self.node, submit=self.submit, kick=self.heart.kick
         )
@@ -114,6 +115,7 @@ class Daemon:
                     await nursery.start(self.watch.run)
                     nursery.start_soon(self._pump_heartbeats)
                     nursery.start_soon(self._event_loop)
+                    nursery.start_soon(self.rfsctl.run, lambda: self.node, self.submit, self._save_sync_timestamp)
                     await nursery.start(api.serve, self.config.name, self.status, self.config.port)
                     await nursery.start(control.serve, self.paths.socket(self.config.name), self.handle)
                     if initial_command is not None:
@@ -134,6 +136,8 @@ class Daemon:
             return self._set_failover(bool(request.args.get("on")), request.initiator)
         if request.cmd in watch.COMMANDS:
             return replace(self.watch.handle(request), status=self.status())
+        if request.cmd in rfsctl.COMMANDS:
+            return await self.rfsctl.handle(request)
         if request.cmd not in FSM_COMMANDS:
             return control.Reply(ok=False, message=f"unknown command {request.cmd!r}")
         if request.cmd in ("start", "prim", "primforce") and self.config.rfs is not None:
@@ -264,7 +268,9 @@ class Daemon:
             if action.role == "primary":
                 await self.mirror.start_primary(self._nursery)
             else:
-                await self.mirror.start_secondary()
+                blocked = await self.rfsctl.start_secondary(action)
+                if blocked is not None:
+                    await self._events_send.send((fsm.ResyncDone(ok=False, detail=blocked, now=time.time()), None))
         elif isinstance(action, fsm.StopMirror) and self.mirror is not None:
             await self.mirror.stop()
         elif isinstance(action, fsm.SaveDurable):
@@ -275,7 +281,7 @@ class Daemon:
 
     async def _await_resync(self, mirror: Mirror) -> None:
         if await mirror.wait_synced():
-            detail = "the primary's full copy arrived"
+            detail = "the primary's resync is complete: both copies are identical"
             await self._events_send.send((fsm.ResyncDone(ok=True, detail=detail, now=time.time()), None))
 
     async def _run_script(self, action: fsm.RunScript) -> None:
@@ -305,6 +311,11 @@ class Daemon:
         # A command that arrived meanwhile (a `start` right after the `stop`) keeps us running.
         if self.node.state is fsm.State.STOP:
             self._nursery.cancel_scope.cancel()
+
+    async def _save_sync_timestamp(self, now: float) -> None:
+        """Both copies are known identical at `now` (SPEC: the sync timestamp is kept while PRIM/SECOND green)."""
+        self.durable = replace(self.durable, sync_timestamp=now)
+        await trio.to_thread.run_sync(self.store.save, self.durable)
 
     def _set_failover(self, on: bool, initiator: str | None) -> control.Reply:
         self.settings = replace(self.settings, failover=on)
