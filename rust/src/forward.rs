@@ -370,6 +370,11 @@ impl Forwarder {
         self.shared.connected.load(Ordering::SeqCst)
     }
 
+    /// Why the link went down (the first reason: a halt the secondary sent, a stall, a socket error).
+    pub fn last_error(&self) -> Option<String> {
+        lock(&self.shared.link).error.clone()
+    }
+
     /// Last seq the secondary has received.
     pub fn acked_seq(&self) -> u64 {
         lock(&self.shared.link).acked

@@ -308,6 +308,11 @@ impl Forwarder {
     }
 
     #[getter]
+    fn last_error(&self) -> Option<String> {
+        self.inner.last_error()
+    }
+
+    #[getter]
     fn acked_seq(&self) -> u64 {
         self.inner.acked_seq()
     }

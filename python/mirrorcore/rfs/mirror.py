@@ -173,6 +173,11 @@ class Mirror:
         return bool(self._receivers) and all(_session_synced(r) for r in self._receivers)
 
     @property
+    def failures(self) -> list[str]:
+        """Secondary: why applying the primary's operations failed here (the copy is inconsistent until repaired)."""
+        return [f for r in self._receivers if (f := r.failure) is not None]
+
+    @property
     def resync_under_way(self) -> bool:
         """Secondary: a primary is connected and its resync has not delivered its mark yet.
 
@@ -299,7 +304,7 @@ class Mirror:
             **self.events,
         }
         if self._receivers:
-            out["receivers"] = [r.stats() for r in self._receivers]
+            out["receivers"] = [{**r.stats(), "failure": r.failure} for r in self._receivers]
         if self.tracking:
             # What the secondary lacks, per directory (kept after a stop: what the saved map holds).
             out["tracking"] = dict(self.tracking)
@@ -405,10 +410,15 @@ def _start_receiver(
 
 
 def _session_synced(receiver: _native.Receiver) -> bool:
-    """The receiver's current session delivered a completion mark (the copy id is that mark's)."""
+    """The receiver's current session delivered a completion mark (the copy id is that mark's).
+
+    Never while an operation failed to apply here (`failed`): the copy is then inconsistent until a
+    later resync's mark repairs it, whatever mark came before.
+    """
     stats = receiver.stats()
     mark = stats.get("mark", 0)
-    return bool(stats.get("connected", 0)) and mark != 0 and mark == receiver.copy_id
+    healthy = not stats.get("failed", 0)
+    return healthy and bool(stats.get("connected", 0)) and mark != 0 and mark == receiver.copy_id
 
 
 def _session_unsynced(receiver: _native.Receiver) -> bool:

@@ -264,7 +264,8 @@ async def keep_linked(
                 link.resyncing = False
             link.following(forwarder, marked)
             await _follow(forwarder, resync, marked)
-            detail = "the secondary stopped answering; recording changes until it returns"
+            why = forwarder.last_error or "the secondary stopped answering"
+            detail = f"{why}; recording changes until it returns"
         except LOST as exc:
             detail = f"the link dropped during the resync ({exc}); recording changes until the secondary returns"
         except Exception as exc:
