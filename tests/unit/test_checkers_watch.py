@@ -1,6 +1,6 @@
 """watch.py, the daemon's side of checkers and rules, without a daemon: a fired rule becomes a command
 named after it, fires again only once its action is over, stale values go unknown when the state
-changes, and get/set/checker answer with what to do. (tests/cluster/test_checkers.py runs it for real.)"""
+changes, and get/set/checker answer with what to do. (tests/cluster/test_lab_checkers.py runs it for real.)"""
 
 from __future__ import annotations
 
