@@ -59,6 +59,10 @@ class Daemon:
             loop_interval=config.loop_interval,
         )
         self.node = fsm.Node.initial(uptodate=self.durable.uptodate, generation=self.durable.generation)
+        # What the heartbeats say: the node once its step's actions are carried out. The peer must not
+        # act on a STOP before this node has removed its VIP and closed replication (a clean stop
+        # waits there until the secondary has flushed everything).
+        self.announced = self.node
         self.peer_beat: heart.Beat | None = None
         self.peer_alive = False
         self.vip = VipManager(config.vips)
@@ -246,6 +250,7 @@ class Daemon:
             )
         for action in step.actions:
             await self._execute(action)
+        self.announced = self.node
         if moved:
             self.heart.kick()
 
@@ -327,7 +332,7 @@ class Daemon:
     # ---- outputs -----------------------------------------------------------------------
 
     def _beat_fields(self) -> dict[str, Any]:
-        node = self.node
+        node = self.announced
         return {
             "state": node.state.value,
             "color": node.color.value,

@@ -55,7 +55,7 @@ def test_acknowledged_writes_survive_a_crash_of_the_primary(lab, mode):
         assert cluster.client("get", f"/kv/k{i}")[:3] == (200, "node2", f"value {i}")
 
 
-def test_a_returning_old_primary_is_resynced_by_timestamp_and_mirrors_again(lab):
+def test_a_returning_old_primary_is_resynced_by_zones_and_mirrors_again(lab):
     cluster = started(lab, "second")
     cluster.client("put", "/kv/before", "1")
     lab.crash("node1")
@@ -66,12 +66,30 @@ def test_a_returning_old_primary_is_resynced_by_timestamp_and_mirrors_again(lab)
     cluster.ctl("node1", "start", check=True)
     cluster.wait_for("node1", "SECOND", timeout=30)
     cluster.wait_for("node2", "PRIM", timeout=10)
-    # Both hold the copy of node1's last resync; node2 has no tracking map of its own: by timestamp.
+    # Both hold the copy of node1's last resync, and node2 tracked everything since it took over: by
+    # zones; node1's own writes after that copy (it crashed: it names them) are compared whole.
     resync = cluster.state("node2")["rfs"]["last_resync"]
-    assert resync["mode"] == "timestamp", resync["reason"]
+    assert resync["mode"] == "zones", resync["reason"]
+    assert "wrote on its own" in resync["reason"]
     cluster.client("put", "/kv/after", "3")
     assert wait_identical(lab) == []
     assert not stale.exists()
+    assert lab.host_path("node1", "/srv/demo/data/while_alone").read_text() == "2"
+
+
+def test_after_a_swap_the_old_primary_returns_by_zones_with_nothing_of_its_own(lab):
+    cluster = started(lab, "second")
+    cluster.client("put", "/kv/before", "1")
+    cluster.ctl("node1", "stop", check=True)  # clean: node1 leaves only once node2 has everything
+    cluster.wait_for("node2", "ALONE", timeout=15)
+    cluster.client("put", "/kv/while_alone", "2")
+    cluster.ctl("node1", "start", check=True)
+    cluster.wait_for("node1", "SECOND", timeout=30)
+    cluster.wait_for("node2", "PRIM", timeout=10)
+    resync = cluster.state("node2")["rfs"]["last_resync"]
+    assert resync["mode"] == "zones", resync["reason"]
+    assert "wrote on its own" not in resync["reason"]
+    assert wait_identical(lab) == []
     assert lab.host_path("node1", "/srv/demo/data/while_alone").read_text() == "2"
 
 

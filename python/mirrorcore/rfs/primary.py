@@ -127,6 +127,17 @@ class Tracking:
         if self.active:
             self._begin()
 
+    def start_fresh(self) -> None:
+        """Track from now on with an empty map: this node's data is a complete copy its peer holds too.
+
+        For a secondary promoted to primary (its copy is the primary's as of the last mark, plus what it
+        applied since): every later operation is recorded, so a peer returning with that copy needs
+        only the zones (SPEC §7: zones after a clean stop of either node).
+        """
+        if not self.active:
+            self.active = True
+            self._begin()
+
     @property
     def trusted(self) -> bool:
         """The map holds every operation the secondary may lack since the last resync (zones mode)."""

@@ -216,6 +216,10 @@ async def _run_module(module: str, index: int) -> None:
     state_dir = paths.state_dir(module)
     tracking = Tracking(tracking_file(state_dir, index), config.rfs.ruzone_blocksize)
     resync = ResyncSettings(replicated.dir, state_dir, index, config.rfs.nbrei, config.rfs.syncdelta)
+    if _promoted_from_secondary(state_dir, index, tracking.loaded):
+        # Before the first application write: everything from here on is recorded.
+        tracking.start_fresh()
+        report("tracking_loaded", dir=replicated.dir, trusted=True, detail="tracking from the start (was secondary)")
     # Durably, before the first application write: a crash from here on leaves this node diverged.
     mark_diverged(state_dir, index)
     link = LinkState()
@@ -247,6 +251,23 @@ async def _run_module(module: str, index: int) -> None:
     tracking.save_clean()
     if stop_cleanly(link, state_dir, index):
         log.info("the secondary has every operation of %s: this node no longer diverges", replicated.dir)
+
+
+def _promoted_from_secondary(state_dir: Path, index: int, map_loaded: bool) -> bool:
+    """This node was the secondary, holds a complete copy, and now starts as primary: track from the start.
+
+    Saves the primary-side record of that copy as complete (the map, started empty now, covers every
+    later operation), so a peer that returns with the same copy is resynced by zones.
+    """
+    from mirrorcore.rfs.copyids import CopyRecord, SyncRecord
+
+    if map_loaded or SyncRecord.file(state_dir, index).exists():
+        return False  # an earlier run as primary: its records and map say what holds
+    copy = CopyRecord.load(state_dir, index)
+    if copy.copy_id == 0 or copy.diverged:
+        return False
+    SyncRecord(copy.copy_id, copy.in_sync_at, complete=True).save(state_dir, index)
+    return True
 
 
 def tracking_file(state_dir: Path, index: int) -> Path:
