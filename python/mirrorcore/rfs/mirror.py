@@ -8,10 +8,11 @@ the receivers (which first apply everything they acknowledged: a secondary that 
 over starts the application on all the data the primary was told was safe).
 
 Resync (rfs/resync.py) runs in the primary's workers; their progress events are kept per
-directory (`status()["resync"]`) and `resync_command` sends them pause/resume/boost on their
-stdin. On the secondary, each receiver announces the copy id of `copy-<index>.json` (see
-rfs/copyids.py) and the record follows every completion mark that arrives; `request_full`
-sets it to 0 so that the next primary sends a full resync.
+directory (`status()["resync"]`) and logged at most every `PROGRESS_LOG_SECONDS`;
+`resync_command` sends them pause/resume/boost on their stdin. On the secondary, each
+receiver announces the copy id of `copy-<index>.json` (see rfs/copyids.py) and the record
+follows every completion mark that arrives; `request_full` sets it to 0 so that the next
+primary sends a full resync.
 
 A node whose record says it diverged (it ran as primary since its peer last had everything)
 returns as secondary naming its own changes: its receiver's needs are seeded with the paths of
@@ -50,6 +51,10 @@ WORKER_STOP_SECONDS = 10.0
 #: The commands `resync_command` passes to the workers.
 RESYNC_COMMANDS = ("pause", "resume", "boost", "unboost")
 
+#: While a resync runs, a progress line goes to the module log at most this often (seconds). The
+#: worker reports twice a second; that much would drown the log, and `state` shows it live anyway.
+PROGRESS_LOG_SECONDS = 10.0
+
 
 class Mirror:
     """Replication of one module's directories on this node."""
@@ -77,6 +82,7 @@ class Mirror:
         self._verify_lock = trio.Lock()
         self._verify_results: dict[str, dict[str, Any]] = {}  # primary: directory -> its worker's verify result
         self._verify_done = trio.Event()
+        self._progress_logged: dict[str, float] = {}  # primary: directory -> when its last progress line was logged
 
     async def start_primary(self, nursery: trio.Nursery) -> None:
         """Mounts every replicated directory; returns once all are served."""
@@ -142,6 +148,9 @@ class Mirror:
             )
             self._receivers.append(receiver)
             self._copy_ids.append(copy_id)
+            # A tracking map left by an earlier time as primary describes a copy this one no longer is
+            # (seeds and salvage have read it): if it stayed, a later promotion would trust it for zones.
+            await trio.to_thread.run_sync(functools.partial(tracking_file(state_dir, index).unlink, missing_ok=True))
             if replicated.read_only:
                 # The receiver writes through the directory fd it opened before this overmount.
                 await trio.to_thread.run_sync(_read_only_overmount, Path(replicated.dir))
@@ -330,6 +339,7 @@ class Mirror:
                     self.tracking[dir] = event
                 elif kind == "resync":
                     self.resync[dir] = event
+                    self._log_progress(dir, event)
                 elif kind == "ready":
                     on_ready()
                     self.log.write(f"Replicated directory {dir} mounted", initiator="rfs")
@@ -345,6 +355,9 @@ class Mirror:
                     self._verify_results[dir] = event
                     self._verify_done.set()  # the daemon logs the results it returns
                 elif kind == "resync_mode":
+                    # The first progress line comes a full period after the start: a short resync logs
+                    # only its start and its end.
+                    self._progress_logged[dir] = time.monotonic()
                     self.log.write(f"Resync of {dir}: {event.get('mode')} ({event.get('detail')})", initiator="rfs")
                 elif kind == "synced":
                     self.resync[dir] = event
@@ -359,6 +372,16 @@ class Mirror:
                     level = "E" if kind in ("lost", "auth_failed") else "I"
                     self.log.write(f"Replication of {dir}: {kind}: {event.get('detail', '')}", level=level)
 
+    def _log_progress(self, dir: str, event: dict[str, Any]) -> None:
+        """Logs the progress of `dir`'s running resync when `PROGRESS_LOG_SECONDS` passed since the last line."""
+        if event.get("phase") not in ("namespace", "content"):
+            return  # its end is logged by the `synced` or `lost` event
+        now = time.monotonic()
+        if now - self._progress_logged.setdefault(dir, now) < PROGRESS_LOG_SECONDS:
+            return
+        self._progress_logged[dir] = now
+        self.log.write(_progress_line(dir, event), initiator="rfs")
+
     def _worker_log(self) -> int:
         log_dir = self.paths.log_dir(self.config.name)
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -371,6 +394,18 @@ def _synced_line(dir: str, event: dict[str, Any]) -> str:
         f"Secondary joined: {event.get('mode')} resync of {dir} done in {event.get('seconds')} s: "
         f"{event.get('files_done')} files ({event.get('bytes_done', 0) / mib:.1f} MiB) compared, "
         f"{event.get('bytes_sent', 0) / mib:.1f} MiB sent; now mirroring"
+    )
+
+
+def _progress_line(dir: str, event: dict[str, Any]) -> str:
+    mib = 1 << 20
+    eta = event.get("eta")
+    return (
+        f"Resync of {dir} under way: {event.get('mode')} ({event.get('phase')}, {event.get('state')}), "
+        f"files {event.get('files_done', 0)}/{event.get('files_total', 0)}, "
+        f"{event.get('bytes_done', 0) / mib:.1f} of {event.get('bytes_total', 0) / mib:.1f} MiB compared, "
+        f"{event.get('bytes_sent', 0) / mib:.1f} MiB sent, {event.get('rate', 0) / mib:.1f} MiB/s, "
+        f"ETA {'?' if eta is None else f'{eta:.0f} s'}"
     )
 
 
