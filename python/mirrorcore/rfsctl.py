@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -29,6 +28,7 @@ from mirrorcore.rfs.copyids import TIMESTAMP_MARGIN, CopyRecord
 from mirrorcore.rfs.mirror import Mirror
 from mirrorcore.rfs.worker import tracking_file
 from mirrorcore.salvage import Changes, changes_from_map, changes_since, salvage
+from mirrorcore.state import write_atomic
 
 __all__ = ["COMMANDS", "RfsControl", "status_lines"]
 
@@ -231,12 +231,7 @@ def _size(n: object) -> str:
 
 
 def _write_pending(path: Path, reason: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"reason": reason}))
-    with tmp.open("rb") as f:
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    write_atomic(path, json.dumps({"reason": reason}))
 
 
 def _read_pending(path: Path) -> str | None:

@@ -24,10 +24,8 @@ secondary names in its needs (its own writes may lie anywhere in them, outside t
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,6 +40,8 @@ __all__ = [
     "choose_mode",
     "new_copy_id",
 ]
+
+from mirrorcore.state import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -192,21 +192,5 @@ def _read(path: Path) -> dict[str, Any] | None:
 
 
 def _write_atomic(path: Path, data: dict[str, object]) -> None:
-    """Temporary file, fsync, rename, fsync of the directory: after a crash, the old record or the new."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(json.dumps(data).encode() + b"\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    """After a crash, the old record or the new (state.write_atomic)."""
+    write_atomic(path, json.dumps(data))
