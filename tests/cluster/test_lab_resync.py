@@ -2,15 +2,18 @@
 
 Trees of a few thousand files are written straight to the nodes' disks before the module starts
 (the data a node holds), then the demo module resyncs them; both trees are compared byte by byte
-(`trees.differences`). The mode and the bytes sent come from node1's `state --json`
+(`trees.differences`) and by `mirrorctl verify` on node1 (the product's own block comparison,
+which must agree). The mode and the bytes sent come from node1's `state --json`
 (`rfs.last_resync`, the worker's event when the completion mark was queued).
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +53,9 @@ def progress(cluster: DemoCluster) -> dict[str, Any]:
     return seen
 
 
-def wait_progress(cluster: DemoCluster, what: str, cond, timeout: float = 60) -> dict[str, Any]:
+def wait_progress(
+    cluster: DemoCluster, what: str, cond: Callable[[dict[str, Any]], bool], timeout: float = 60
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     seen: dict[str, Any] = {}
     while time.monotonic() < deadline:
@@ -59,6 +64,17 @@ def wait_progress(cluster: DemoCluster, what: str, cond, timeout: float = 60) ->
             return seen
         time.sleep(0.2)
     raise AssertionError(f"the resync never showed {what}; last seen {seen}")
+
+
+def verified(cluster: DemoCluster) -> dict[str, Any]:
+    """`mirrorctl verify --json` on node1 exits 0 (both copies match block by block); its one result."""
+    done = cluster.ctl("node1", "verify", "--json", timeout=300)
+    assert done.stdout.strip(), done.stderr
+    results: list[dict[str, Any]] = json.loads(done.stdout)
+    assert done.returncode == 0, results
+    [result] = results
+    assert result["matched"] is True
+    return result
 
 
 def same_tree_on_both(lab: Lab) -> int:
@@ -84,6 +100,21 @@ def churn_count(lab: Lab) -> int:
 def stop_churn(lab: Lab, proc: subprocess.Popen[str]) -> None:
     lab.host_path("node1", STOP).touch()
     assert proc.wait(timeout=120) == 0
+
+
+def rejoined_under_churn(lab: Lab, cluster: DemoCluster, app: subprocess.Popen[str]) -> tuple[int, dict[str, Any]]:
+    """Waits, the application writing, until node2 is SECOND green (the resync's mark is on its disk).
+
+    Then stops the application. Returns how many operations it made meanwhile, and node1's last resync.
+    """
+    try:
+        before = churn_count(lab)
+        cluster.wait_for("node2", "SECOND", timeout=120)
+        during = churn_count(lab) - before
+    finally:
+        stop_churn(lab, app)
+    cluster.wait_for("node1", "PRIM")
+    return during, last_resync(cluster)
 
 
 def stop_cleanly(cluster: DemoCluster, node: str) -> None:
@@ -115,7 +146,7 @@ os.close(big)
     lab.exec("node1", [sys.executable, "-c", script], timeout=120)
 
 
-def test_a_full_resync_to_an_empty_secondary_while_the_application_writes_ends_identical(lab):
+def test_a_full_resync_to_an_empty_secondary_while_the_application_writes_ends_identical(lab: Lab) -> None:
     total = make_tree(lab.host_path("node1", DIR), FILES, seed=1)
     cluster = installed(lab)
     cluster.ctl("node1", "prim", check=True)
@@ -138,9 +169,10 @@ def test_a_full_resync_to_an_empty_secondary_while_the_application_writes_ends_i
     assert done["files_done"] == done["files_total"] >= FILES
     assert done["bytes_sent"] >= total * 0.9  # an empty secondary gets (about) everything
     assert cluster.state("node2")["rfs"]["receivers"][0]["apply_errors"] == 0
+    assert verified(cluster)["files_checked"] >= FILES
 
 
-def test_a_full_resync_to_an_identical_secondary_sends_almost_nothing(lab):
+def test_a_full_resync_to_an_identical_secondary_sends_almost_nothing(lab: Lab) -> None:
     total = same_tree_on_both(lab)
     cluster = installed(lab)
     cluster.start_pair()  # neither node has a copy id: a full resync, block by block
@@ -149,9 +181,10 @@ def test_a_full_resync_to_an_identical_secondary_sends_almost_nothing(lab):
     assert done["bytes_done"] == total
     assert done["bytes_sent"] < total * 0.02
     assert wait_identical(lab) == []
+    verified(cluster)
 
 
-def test_after_a_clean_stop_of_the_secondary_only_the_changed_zones_are_resynced(lab):
+def test_after_a_clean_stop_of_the_secondary_only_the_changed_zones_are_resynced(lab: Lab) -> None:
     total = same_tree_on_both(lab)
     cluster = installed(lab)
     cluster.start_pair()
@@ -166,12 +199,13 @@ def test_after_a_clean_stop_of_the_secondary_only_the_changed_zones_are_resynced
     assert done["bytes_done"] < total * 0.05
     assert 0 < done["bytes_sent"] <= 51 * 2 * (64 << 10)  # at most the blocks the writes touched
     assert wait_identical(lab) == []
+    verified(cluster)
 
 
-def throttled_zone_resync(lab: Lab) -> DemoCluster:
-    """A pair that mirrored the tree, node2 stopped, 40 MiB changed; node2 back and resyncing at 4 MiB/s."""
+def throttled_zone_resync(lab: Lab, throttle: str = "4M/s") -> DemoCluster:
+    """A pair that mirrored the tree, node2 stopped, 40 MiB changed; node2 back and resyncing at `throttle`."""
     same_tree_on_both(lab)
-    cluster = installed(lab, throttle="4M/s")
+    cluster = installed(lab, throttle=throttle)
     cluster.start_pair()
     stop_cleanly(cluster, "node2")
     cluster.wait_for("node1", "ALONE")
@@ -194,18 +228,25 @@ for i in range(20):
     return cluster
 
 
-def test_a_secondary_crashed_mid_resync_resumes_by_timestamp_not_full(lab):
+def test_a_secondary_crashed_mid_resync_resumes_by_timestamp_not_full(lab: Lab) -> None:
+    """The application rewrites the tree's files from the zones resync's content phase to the end of the next one."""
     cluster = throttled_zone_resync(lab)
-    lab.crash("node2")
-    cluster.ctl("node2", "start", check=True)
-    cluster.wait_for("node2", "SECOND", timeout=120)
-    done = last_resync(cluster)
+    app = churn(lab, seed=12)
+    try:
+        lab.crash("node2")
+        cluster.ctl("node2", "start", check=True)
+    except BaseException:
+        stop_churn(lab, app)
+        raise
+    during, done = rejoined_under_churn(lab, cluster, app)
+    assert during > 0  # operations through the mount while node2 was resyncing by timestamp
     assert done["mode"] == "timestamp", done["reason"]
     assert "did not complete" in done["reason"]
-    assert wait_identical(lab) == []
+    assert wait_identical(lab, timeout=60) == []
+    verified(cluster)
 
 
-def test_a_primary_crashed_mid_resync_leaves_the_secondary_waiting_not_uptodate(lab):
+def test_a_primary_crashed_mid_resync_leaves_the_secondary_waiting_not_uptodate(lab: Lab) -> None:
     cluster = throttled_zone_resync(lab)
     lab.crash("node1")
     seen = cluster.wait_for("node2", "WAIT", "red", timeout=30)
@@ -216,7 +257,7 @@ def test_a_primary_crashed_mid_resync_leaves_the_secondary_waiting_not_uptodate(
     assert differences(lab.host_path("node1", DIR), lab.host_path("node2", DIR)) != []
 
 
-def test_a_returning_primary_loses_the_writes_its_peer_never_got(lab):
+def test_a_returning_primary_loses_the_writes_its_peer_never_got(lab: Lab) -> None:
     """node1 writes while the flow LAN is cut, crashes; node2 runs alone; node1 returns with node2's copy.
 
     One of node1's lost writes keeps its file's size and mtime (an application restoring the time, as
