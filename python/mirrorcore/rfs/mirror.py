@@ -350,6 +350,10 @@ class Mirror:
                     self.log.write(f"Resync of {dir} on the secondary's disk after {seconds} s", initiator="rfs")
                 elif kind == "resync_command":
                     done = f"now {event.get('state')}" if event.get("ok") else f"refused: {event.get('detail')}"
+                    running = self.resync.get(dir)
+                    if event.get("ok") and running and running.get("phase") in ("namespace", "content"):
+                        # A paused resync reports nothing until it moves again: show the new state now.
+                        self.resync[dir] = {**running, "state": event.get("state")}
                     self.log.write(f"Resync of {dir}: {event.get('cmd', 'command')} {done}", initiator="rfs")
                 elif kind == "verify":
                     self._verify_results[dir] = event
