@@ -273,6 +273,8 @@ async def keep_linked(
                 marked = await _resync(ops, forwarder, filter, tracking, resync, throttle)
             finally:
                 link.resyncing = False
+                if throttle.boosted:
+                    throttle.command("unboost")  # a boost is for the resync under way, not every later one
             link.following(forwarder, marked)
             await _follow(forwarder, resync, marked)
             why = forwarder.last_error or "the secondary stopped answering"
