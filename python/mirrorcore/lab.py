@@ -22,6 +22,8 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -459,3 +461,50 @@ class Lab:
     def _check_node(self, node: str) -> None:
         if node not in self.ALL:
             raise LabError(f"unknown node {node!r}; the lab has {', '.join(self.ALL)}")
+
+
+# -- a bare pair of namespaces, for tests of one network feature (VIP, ARP checks) ----------------------
+
+
+@dataclass(frozen=True)
+class VethPair:
+    """Two bare network namespaces `a` and `b` joined by one veth, `eth0` in each (hosts .1 and .2)."""
+
+    a: str
+    b: str
+
+    def python(self, ns: str, code: str) -> subprocess.CompletedProcess[str]:
+        """Runs Python code (dedented) inside namespace `ns` with this interpreter; never raises on failure."""
+        argv = ["ip", "netns", "exec", ns, sys.executable, "-c", textwrap.dedent(code)]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+
+    def mac(self, ns: str) -> str:
+        """The MAC address of `eth0` in namespace `ns`."""
+        return str(json.loads(_run(["ip", "-n", ns, "-j", "link", "show", "dev", "eth0"]))[0]["address"])
+
+
+@contextlib.contextmanager
+def veth_pair(prefix: str, net: str, *, net6: str | None = None, arp_accept: bool = False) -> Iterator[VethPair]:
+    """Namespaces `<prefix>a` and `<prefix>b` on `net`.0/24 (and `net6`/64), removed on exit whatever happened.
+
+    The veth is created inside A with its peer inside B: neither end ever exists in the host's namespace.
+    `arp_accept`: B learns neighbours from gratuitous ARP even without having asked.
+    """
+    pair = VethPair(f"{prefix}a", f"{prefix}b")
+    try:
+        _run(["ip", "netns", "add", pair.a])
+        _run(["ip", "netns", "add", pair.b])
+        _run(["ip", "-n", pair.a, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", pair.b])
+        for ns, host in ((pair.a, 1), (pair.b, 2)):
+            _run(["ip", "-n", ns, "link", "set", "lo", "up"])
+            _run(["ip", "-n", ns, "addr", "add", f"{net}.{host}/24", "dev", "eth0"])
+            if net6 is not None:
+                _run(["ip", "-n", ns, "addr", "add", f"{net6}{host}/64", "dev", "eth0", "nodad"])
+            _run(["ip", "-n", ns, "link", "set", "eth0", "up"])
+        if arp_accept:
+            for conf in ("all", "eth0"):
+                _run(["ip", "netns", "exec", pair.b, "sysctl", "-qw", f"net.ipv4.conf.{conf}.arp_accept=1"])
+        yield pair
+    finally:
+        for ns in (pair.a, pair.b):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)

@@ -9,17 +9,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-import textwrap
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
+from mirrorcore.lab import VethPair, veth_pair
+
 pytestmark = [pytest.mark.root, pytest.mark.cluster]
 
-ROOT = Path(__file__).resolve().parents[2]
 NET = "10.251.0"
 VIP = f"{NET}.100"
 NET6 = "fd00:251::"
@@ -30,22 +27,10 @@ def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, check=check, capture_output=True, text=True, timeout=60)
 
 
-@dataclass(frozen=True)
-class Pair:
-    a: str
-    b: str
-
+class Pair(VethPair):
     def in_a(self, code: str) -> subprocess.CompletedProcess[str]:
-        """Runs Python code inside namespace A with the package importable."""
-        env = dict(os.environ, PYTHONPATH=str(ROOT / "python"))
-        return subprocess.run(
-            ["ip", "netns", "exec", self.a, sys.executable, "-c", textwrap.dedent(code)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=env,
-            check=False,
-        )
+        """Runs Python code inside namespace A."""
+        return self.python(self.a, code)
 
     def manager(self, call: str, *vips: tuple[str, str]) -> subprocess.CompletedProcess[str]:
         code = f"""
@@ -63,32 +48,13 @@ class Pair:
         out = run("ip", "-n", ns, "-j", "addr", "show", "dev", "eth0").stdout
         return list(json.loads(out)[0]["addr_info"])
 
-    def mac(self, ns: str) -> str:
-        return str(json.loads(run("ip", "-n", ns, "-j", "link", "show", "dev", "eth0").stdout)[0]["address"])
-
 
 @pytest.fixture
 def pair() -> Iterator[Pair]:
     if os.geteuid() != 0:
         pytest.fail("needs root: it creates network namespaces (run the cluster tests as root, as CI does)")
-    p = Pair(f"mcvip{os.getpid()}a", f"mcvip{os.getpid()}b")
-    try:
-        run("ip", "netns", "add", p.a)
-        run("ip", "netns", "add", p.b)
-        # Created inside A with its peer inside B: neither end ever exists in the host's namespace.
-        run("ip", "-n", p.a, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", p.b)
-        for ns, host in ((p.a, 1), (p.b, 2)):
-            run("ip", "-n", ns, "link", "set", "lo", "up")
-            run("ip", "-n", ns, "addr", "add", f"{NET}.{host}/24", "dev", "eth0")
-            run("ip", "-n", ns, "addr", "add", f"{NET6}{host}/64", "dev", "eth0", "nodad")
-            run("ip", "-n", ns, "link", "set", "eth0", "up")
-        # B learns neighbours from gratuitous ARP even without having asked (per-namespace setting).
-        for conf in ("all", "eth0"):
-            run("ip", "netns", "exec", p.b, "sysctl", "-qw", f"net.ipv4.conf.{conf}.arp_accept=1")
-        yield p
-    finally:
-        run("ip", "netns", "del", p.a, check=False)
-        run("ip", "netns", "del", p.b, check=False)
+    with veth_pair(f"mcvip{os.getpid()}", NET, net6=NET6, arp_accept=True) as p:
+        yield Pair(p.a, p.b)
 
 
 def test_a_vip_is_set_as_secondary_reachable_and_announced(pair: Pair):

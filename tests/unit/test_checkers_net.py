@@ -6,18 +6,15 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-import textwrap
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from mirrorcore.lab import VethPair, veth_pair
+
 pytestmark = pytest.mark.root
 
-ROOT = Path(__file__).resolve().parents[2]
 NET = "10.252.0"
 VIP = f"{NET}.100"
 
@@ -26,50 +23,24 @@ def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, check=check, capture_output=True, text=True, timeout=60)
 
 
-@dataclass(frozen=True)
-class Pair:
-    a: str
-    b: str
-
-    def python(self, ns: str, code: str) -> Any:
+class Pair(VethPair):
+    def run_json(self, ns: str, code: str) -> Any:
         """Runs Python code in namespace `ns` and returns the JSON it prints last."""
-        env = dict(os.environ, PYTHONPATH=str(ROOT / "python"))
-        result = subprocess.run(
-            ["ip", "netns", "exec", ns, sys.executable, "-c", textwrap.dedent(code)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=env,
-            check=False,
-        )
+        result = self.python(ns, code)
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout.strip().splitlines()[-1])
-
-    def mac(self, ns: str) -> str:
-        return str(json.loads(run("ip", "-n", ns, "-j", "link", "show", "dev", "eth0").stdout)[0]["address"])
 
 
 @pytest.fixture
 def pair() -> Iterator[Pair]:
     if os.geteuid() != 0:
         pytest.fail("needs root: it creates network namespaces (CI runs as root; deselect with -m 'not root')")
-    p = Pair(f"mcchk{os.getpid()}a", f"mcchk{os.getpid()}b")
-    try:
-        run("ip", "netns", "add", p.a)
-        run("ip", "netns", "add", p.b)
-        run("ip", "-n", p.a, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", p.b)
-        for ns, host in ((p.a, 1), (p.b, 2)):
-            run("ip", "-n", ns, "link", "set", "lo", "up")
-            run("ip", "-n", ns, "addr", "add", f"{NET}.{host}/24", "dev", "eth0")
-            run("ip", "-n", ns, "link", "set", "eth0", "up")
-        yield p
-    finally:
-        run("ip", "netns", "del", p.a, check=False)
-        run("ip", "netns", "del", p.b, check=False)
+    with veth_pair(f"mcchk{os.getpid()}", NET) as p:
+        yield Pair(p.a, p.b)
 
 
 def test_ping_is_down_for_an_address_nobody_answers_and_up_for_the_peer(pair: Pair) -> None:
-    got = pair.python(
+    got = pair.run_json(
         pair.a,
         f"""
         import json, trio
@@ -90,7 +61,7 @@ def test_ping_is_down_for_an_address_nobody_answers_and_up_for_the_peer(pair: Pa
 
 
 def vip_status(pair: Pair) -> list[str]:
-    got = pair.python(
+    got = pair.run_json(
         pair.a,
         f"""
         import json
@@ -126,7 +97,7 @@ def test_ip_checker_sees_the_vip_then_a_duplicate_then_its_removal(pair: Pair) -
 def test_the_peer_node_answering_for_the_vip_is_a_split_brain_not_a_duplicate(pair: Pair) -> None:
     for ns in (pair.a, pair.b):
         run("ip", "-n", ns, "addr", "add", f"{VIP}/24", "dev", "eth0")
-    got = pair.python(
+    got = pair.run_json(
         pair.a,
         f"""
         import json, trio
@@ -178,6 +149,6 @@ def test_ip_and_intf_checkers_run_as_tasks_and_follow_the_interface(pair: Pair) 
 
         trio.run(main)
     """
-    resource, snapshot = pair.python(pair.a, code)
+    resource, snapshot = pair.run_json(pair.a, code)
     assert resource == f"intf.{NET}.0"
     assert snapshot == {f"intf.{NET}.0": "up", f"ip.{VIP}": "down"}
