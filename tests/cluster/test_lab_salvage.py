@@ -62,8 +62,9 @@ def test_split_brain_loser_saves_what_it_wrote_alone_then_resyncs_to_the_winner(
     assert "node1" in report["reason"]
     (d,) = report["dirs"]
     print(f"\nSALVAGE source: {d['source']}; saved {d['saved']}; removed {d['removed']}")
-    # Deletions are listed when node2 tracked its changes; a scan by modification time cannot see them and says so.
-    assert "doomed.txt" in d["removed"] or "deletions are not known" in d["source"]
+    # node2 tracked every change from its first write as primary: its deletion is listed too.
+    assert "tracking map" in d["source"]
+    assert "doomed.txt" in d["removed"]
     text = (folder / "REPORT.txt").read_text()
     assert "loser.txt" in text
     listed = cluster.ctl("node2", "splitbrain", "list", check=True).stdout
