@@ -171,6 +171,11 @@ def _save_dir(folder: Path, root: Path, changes: Changes) -> _DirReport:
     for rel in changes.changed:
         name = os.fsdecode(rel)
         src = root / name
+        if not (_real_dirs_below(root, src) and _real_dirs_below(dest_root, dest_root / name)):
+            # A parent was replaced by a symlink (or a file) during the split: following it could read
+            # outside the replicated tree. Listed, not saved.
+            report.gone.append(f"{name} (a parent directory is no longer a directory)")
+            continue
         try:
             st = src.lstat()
         except FileNotFoundError:
@@ -194,9 +199,23 @@ def _save_dir(folder: Path, root: Path, changes: Changes) -> _DirReport:
     return report
 
 
+def _real_dirs_below(root: Path, path: Path) -> bool:
+    """Every component between `root` and `path` (excluded) is a real directory, or does not exist yet."""
+    current = root
+    for part in path.relative_to(root).parts[:-1]:
+        current = current / part
+        try:
+            if not stat.S_ISDIR(current.lstat().st_mode):
+                return False
+        except FileNotFoundError:
+            return True
+    return True
+
+
 def _write_reports(folder: Path, reason: str, when: float, reports: list[_DirReport]) -> None:
     at = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(when))
     data = {"at": at, "reason": reason, "dirs": [vars(r) for r in reports]}
+    # Names need not be UTF-8: JSON escapes them, the text report keeps their bytes.
     (folder / REPORT_JSON).write_text(json.dumps(data, indent=1) + "\n")
     lines = [
         f"Split-brain salvage of {at}",
@@ -213,10 +232,6 @@ def _write_reports(folder: Path, reason: str, when: float, reports: list[_DirRep
         lines += [f"  removed  {p}" for p in r.removed]
         lines += [f"  renamed  {a} -> {b}" for a, b in r.renamed]
         lines.append("")
-    (folder / REPORT_TXT).write_text("\n".join(lines))
-    # The report is what tells an operator this folder matters: make sure it survives a crash.
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    (folder / REPORT_TXT).write_text("\n".join(lines), errors="surrogateescape")
+    # The resync replaces the originals right after: the saved files and reports must be on disk first.
+    os.sync()

@@ -96,3 +96,30 @@ def test_an_unwritable_salvage_folder_raises_so_the_resync_does_not_run(tmp_path
     blocker.write_text("a file where the salvage folder should be")
     with pytest.raises(NotADirectoryError):
         salvage(blocker, [(tmp_path / "r", Changes("test", changed=(b"old.txt",)))], "why")
+
+
+def test_a_name_that_is_not_utf8_is_saved_and_reported(tmp_path: Path) -> None:
+    root = tmp_path / "r"
+    root.mkdir()
+    (root / os.fsdecode(b"caf\xe9.txt")).write_text("bytes in the name")
+    folder = salvage(tmp_path / "s", [(root, Changes("test", changed=(b"caf\xe9.txt",)))], "why")
+    assert folder is not None
+    saved = folder / str(root).lstrip("/") / os.fsdecode(b"caf\xe9.txt")
+    assert saved.read_text() == "bytes in the name"
+    assert b"caf\xe9.txt" in (folder / "REPORT.txt").read_bytes()
+
+
+def test_a_path_under_a_parent_replaced_by_a_symlink_is_listed_not_followed(tmp_path: Path) -> None:
+    root, outside = tmp_path / "r", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (outside / "secret").write_text("not replicated")
+    (root / "a").symlink_to(outside)
+    folder = salvage(tmp_path / "s", [(root, Changes("test", changed=(b"a", b"a/secret")))], "why")
+    assert folder is not None
+    saved = folder / str(root).lstrip("/")
+    assert os.readlink(saved / "a") == str(outside)  # the symlink itself is kept
+    assert (outside / "secret").read_text() == "not replicated"  # nothing written through the symlink
+    report = json.loads((folder / "report.json").read_text())
+    assert report["dirs"][0]["saved"] == ["a"]
+    assert any(g.startswith("a/secret") for g in report["dirs"][0]["gone"])
