@@ -12,6 +12,7 @@ from mirrorcore._fsm_types import (
     Color,
     Goal,
     Node,
+    OweSalvage,
     PeerView,
     Phase,
     Role,
@@ -147,8 +148,9 @@ def begin_restart(node: Node, reason: str) -> Step:
 
 
 def begin_stepdown(node: Node, reason: str) -> Step:
-    """Split-brain loser: stop the application here, then resync from the winner."""
-    return run(node.but(color=Color.ORANGE, role=Role.START), "stop_prim", State.SECOND, "stop", Goal.STEPDOWN, reason)
+    """Split-brain loser: stop the application here, then resync from the winner (its changes saved first)."""
+    n = node.but(color=Color.ORANGE, role=Role.START)
+    return run(n, "stop_prim", State.SECOND, "stop", Goal.STEPDOWN, reason, OweSalvage(reason))
 
 
 def finish_stop(node: Node, reason: str, *, into: State = State.STOP) -> Step:

@@ -275,15 +275,30 @@ class StartMirror:
 
 
 @dataclass(frozen=True)
+class OweSalvage:
+    """Persist that this copy's own changes must be saved before anything replaces them (split-brain loser).
+
+    Written when the step-down is decided, so that whatever happens next (heartbeats flapping, a
+    stop, a crash) the next start as secondary salvages first.
+    """
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class StopMirror:
     """Stop replication (and any resync under way)."""
 
 
 @dataclass(frozen=True)
 class StartResync:
-    """Catch up with the primary; the daemon then feeds `ResyncDone` (at once when there is no rfs)."""
+    """Catch up with the primary; the daemon then feeds `ResyncDone` (at once when there is no rfs).
+
+    `after_break`: the primary stopped mirroring to this complete copy: only a new session's mark ends it.
+    """
 
     full: bool
+    after_break: bool = False
 
 
 @dataclass(frozen=True)
@@ -299,7 +314,7 @@ class Exit:
     """The module reached STOP through `stop`: an auto-launched daemon exits."""
 
 
-Action = RunScript | SetVip | UnsetVip | StartMirror | StopMirror | StartResync | SaveDurable | Exit
+Action = RunScript | SetVip | UnsetVip | StartMirror | StopMirror | StartResync | SaveDurable | OweSalvage | Exit
 
 
 @dataclass(frozen=True)

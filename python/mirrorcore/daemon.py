@@ -240,6 +240,9 @@ class Daemon:
     async def _apply(self, step: fsm.Step, event: fsm.Event) -> None:
         before = self.node
         self.node = step.node
+        if fsm.is_primary(step.node) and not fsm.is_primary(before):
+            # Taking the application is said at once: a peer deciding meanwhile must see it.
+            self.announced = step.node
         self.watch.node_changed(before, step.node)
         moved = (before.state, before.color) != (step.node.state, step.node.color)
         if moved or before.reason != step.node.reason:
@@ -268,7 +271,8 @@ class Daemon:
                     (fsm.ResyncDone(ok=True, detail="no replicated directories", now=time.time()), None)
                 )
             else:
-                self._nursery.start_soon(self._await_resync, self.mirror)
+                done = self.mirror.sessions_done(after_break=action.after_break)
+                self._nursery.start_soon(self._await_resync, self.mirror, done)
         elif isinstance(action, fsm.StartMirror) and self.mirror is not None:
             if action.role == "primary":
                 await self.mirror.start_primary(self._nursery)
@@ -276,6 +280,8 @@ class Daemon:
                 blocked = await self.rfsctl.start_secondary(action)
                 if blocked is not None:
                     await self._events_send.send((fsm.ResyncDone(ok=False, detail=blocked, now=time.time()), None))
+        elif isinstance(action, fsm.OweSalvage) and self.mirror is not None:
+            await self.rfsctl.owe_salvage(action.reason)
         elif isinstance(action, fsm.StopMirror) and self.mirror is not None:
             await self.mirror.stop()
         elif isinstance(action, fsm.SaveDurable):
@@ -284,8 +290,8 @@ class Daemon:
         elif isinstance(action, fsm.Exit) and self.exit_on_stop:
             self._nursery.start_soon(self._exit_after_announcing)
 
-    async def _await_resync(self, mirror: Mirror) -> None:
-        if await mirror.wait_synced():
+    async def _await_resync(self, mirror: Mirror, sessions_done: list[int]) -> None:
+        if await mirror.wait_synced(sessions_done):
             detail = "the primary's resync is complete: both copies are identical"
             await self._events_send.send((fsm.ResyncDone(ok=True, detail=detail, now=time.time()), None))
 

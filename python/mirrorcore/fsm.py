@@ -25,6 +25,7 @@ from mirrorcore._fsm_types import (
     Exit,
     Goal,
     Node,
+    OweSalvage,
     PeerLost,
     PeerSeen,
     PeerView,
@@ -57,6 +58,7 @@ __all__ = [
     "Exit",
     "Goal",
     "Node",
+    "OweSalvage",
     "PeerLost",
     "PeerSeen",
     "PeerView",
@@ -164,6 +166,7 @@ def _primary_stopped_mirroring(node: Node, peer: PeerView) -> bool:
         and before is not None
         and before.mirroring
         and peer.primary
+        and peer.color is Color.GREEN  # a primary that is stopping or restarting closes its link on purpose
         and not peer.mirroring
     )
 
@@ -177,7 +180,7 @@ def _mirror_broken(s: Settings, node: Node) -> Step:
     )
     n = node.but(color=Color.ORANGE, uptodate=False, resyncing=True, reason=why)
     # Persisted: a crash before the new copy is complete must not leave a node that believes it is uptodate.
-    return Step(n, (SaveDurable(False, node.generation), StartResync(True)), why)
+    return Step(n, (SaveDurable(False, node.generation), StartResync(True, after_break=True)), why)
 
 
 def _refuse(node: Node, why: str) -> Step:

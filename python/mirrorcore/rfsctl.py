@@ -66,15 +66,16 @@ class RfsControl:
         assert self.mirror is not None
         pending = self.state_dir / PENDING_FILE
         if action.salvage:
-            await trio.to_thread.run_sync(_write_pending, pending, action.salvage)
+            await self.owe_salvage(action.salvage)
         reason = await trio.to_thread.run_sync(_read_pending, pending)
         if reason is not None:
             try:
                 folder = await trio.to_thread.run_sync(self._salvage, reason)
-            except OSError as exc:
+            except (OSError, ValueError) as exc:
                 why = (
-                    f"split-brain salvage could not be written under {self.salvage_dir}: {exc}; nothing was "
-                    f"replaced: free space there (or fix the error), then run `mirrorctl second`"
+                    f"split-brain salvage could not be written under {self.salvage_dir} "
+                    f"({type(exc).__name__}: {exc}); nothing was replaced: fix that (a full disk: free "
+                    f"space there), then run `mirrorctl second`"
                 )
                 self.log.write(why, level="E", initiator="rfs")
                 return why
@@ -91,6 +92,11 @@ class RfsControl:
             await self.mirror.request_full()
         await self.mirror.start_secondary()
         return None
+
+    async def owe_salvage(self, reason: str) -> None:
+        """Persists that this copy's own changes are saved before any resync (done by `start_secondary`)."""
+        await trio.to_thread.run_sync(_write_pending, self.state_dir / PENDING_FILE, reason)
+        self.log.write(f"Split-brain salvage owed before any resync: {reason}", initiator="rfs")
 
     def _salvage(self, reason: str) -> Path | None:
         assert self.config.rfs is not None

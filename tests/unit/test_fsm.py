@@ -12,6 +12,7 @@ from mirrorcore.fsm import (
     CopyIncomplete,
     Exit,
     Node,
+    OweSalvage,
     PeerLost,
     PeerSeen,
     PeerView,
@@ -574,7 +575,8 @@ def test_split_brain_older_primary_stays() -> None:
 
 def test_split_brain_younger_primary_steps_down_and_resyncs() -> None:
     st = step(S, alone(since=300.0), PeerSeen(replace(ALONE_PEER, primary_since=200.0), T))
-    assert st.actions == (RunScript("stop_prim", State.ALONE, State.SECOND, "stop"),)
+    # Owed at once (persisted): whatever happens before the resync, this copy's changes are saved first.
+    assert st.actions == (OweSalvage(st.reason), RunScript("stop_prim", State.ALONE, State.SECOND, "stop"))
     assert "split brain resolved: node2 has run the application since" in st.reason
     assert not is_primary(st.node)
     st = done(st.node)
@@ -641,12 +643,20 @@ def test_a_secondary_whose_primary_stops_mirroring_to_it_is_no_longer_uptodate()
     # The primary's link to us broke and it runs on alone: we fall behind.
     st = step(S, st.node, PeerSeen(replace(mirrored, state=State.ALONE, mirroring=False), T))
     assert (st.node.state, st.node.color, st.node.uptodate) == (State.SECOND, Color.ORANGE, False)
-    assert st.actions == (SaveDurable(False, st.node.generation), StartResync(True))
+    assert st.actions == (SaveDurable(False, st.node.generation), StartResync(True, after_break=True))
     assert "interrupted" in st.reason
     # If the primary now dies, this stale copy must not start the application.
     st = step(S, st.node, PeerLost(T))
     assert st.node.state is State.WAIT
     assert "not uptodate" in st.reason
+
+
+def test_a_stopping_primary_closing_its_link_leaves_the_secondary_ready_to_take_over() -> None:
+    mirrored = replace(ALONE_PEER, state=State.PRIM, mirroring=True)
+    st = step(S, second_green(), PeerSeen(mirrored, T))
+    # A clean stop (or swap) closes replication on purpose while the primary is orange: not a broken mirror.
+    st = step(S, st.node, PeerSeen(replace(mirrored, color=Color.ORANGE, mirroring=False), T))
+    assert (st.node.state, st.node.color, st.node.uptodate) == (State.SECOND, Color.GREEN, True)
 
 
 def test_a_new_copy_makes_the_interrupted_secondary_ready_again() -> None:
@@ -666,7 +676,7 @@ def test_a_ready_secondary_whose_copy_becomes_incomplete_turns_orange_and_not_up
     green = second_green()
     st = step(S, green, CopyIncomplete("a new resync session began", T))
     assert (st.node.state, st.node.color, st.node.uptodate) == (State.SECOND, Color.ORANGE, False)
-    assert st.actions == (SaveDurable(False, green.generation), StartResync(True))
+    assert st.actions == (SaveDurable(False, green.generation), StartResync(True, after_break=True))
     assert "not uptodate" in st.reason
     # Already resyncing (or any other state): nothing to do.
     assert step(S, st.node, CopyIncomplete("again", T)).actions == ()

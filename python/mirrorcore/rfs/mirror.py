@@ -157,18 +157,35 @@ class Mirror:
                 self._read_only.append(Path(replicated.dir))
             self.log.write(f"Receiving {replicated.dir} on {local_addr}:{port}", initiator="rfs")
 
-    async def wait_synced(self) -> bool:
+    def sessions_done(self, *, after_break: bool) -> list[int]:
+        """Per receiver, the last session that may not end a resync wait begun now.
+
+        `after_break`: the primary stopped mirroring to a copy that was complete. Its old session may
+        still look alive (a cut link is not seen at once), so only a later session's mark counts.
+        """
+        if not after_break:
+            return [-1] * len(self._receivers)
+        done = []
+        for r in self._receivers:
+            sessions = int(r.stats().get("sessions", 0))
+            done.append(sessions if _session_synced(r) else sessions - 1)
+        return done
+
+    async def wait_synced(self, sessions_done: list[int] | None = None) -> bool:
         """Waits until every receiver's current session delivered its resync's completion mark.
 
         The mark carries the copy id of that resync; it is saved in `copy-<index>.json` here.
+        `sessions_done` (from `sessions_done`): sessions whose mark does not count.
 
         Returns:
             True once synced; False if replication stopped or restarted meanwhile (the wait is stale).
         """
         epoch = self._epoch
+        floor = sessions_done or [-1] * len(self._receivers)
         while self._epoch == epoch:
             await self._save_copy_ids()
-            if self._epoch == epoch and self.in_sync:
+            newer = all(int(r.stats().get("sessions", 0)) > f for r, f in zip(self._receivers, floor, strict=False))
+            if self._epoch == epoch and self.in_sync and newer:
                 return True
             await trio.sleep(0.1)
         return False
@@ -461,8 +478,12 @@ def _session_synced(receiver: _native.Receiver) -> bool:
 
 
 def _session_unsynced(receiver: _native.Receiver) -> bool:
-    """A primary is connected to the receiver, and its session has delivered no mark yet."""
-    return bool(receiver.stats().get("connected", 0)) and not _session_synced(receiver)
+    """The receiver's session (still connected, or the last one) has not delivered its mark."""
+    stats = receiver.stats()
+    if stats.get("connected", 0):
+        return not _session_synced(receiver)
+    # Its link is gone: a session that applied something but never its mark left a half-resynced copy.
+    return bool(stats.get("received_seq", 0)) and stats.get("mark", 0) != receiver.copy_id
 
 
 def missing_tocheck(rfs: Rfs) -> list[str]:
