@@ -113,8 +113,9 @@ class RfsControl:
                 return changes_from_map(dirty)
         except (OSError, ValueError):
             pass
-        since = CopyRecord.load(self.state_dir, index).in_sync_at
-        return changes_since(root, max(0.0, since - TIMESTAMP_MARGIN))
+        assert self.config.rfs is not None
+        since = CopyRecord.load(self.state_dir, index).in_sync_at - self.config.rfs.syncdelta - TIMESTAMP_MARGIN
+        return changes_since(root, max(0.0, since))
 
     # ---- commands ------------------------------------------------------------------------------
 
