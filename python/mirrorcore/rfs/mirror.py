@@ -80,6 +80,7 @@ class Mirror:
         self._read_only: list[Path] = []  # secondary: directories overmounted read-only for applications
         self._epoch = 0  # bumped by every stop, so waits that began before it end
         self._verify_lock = trio.Lock()
+        self._verify_id = 0  # the verify request the workers' answers must name
         self._verify_results: dict[str, dict[str, Any]] = {}  # primary: directory -> its worker's verify result
         self._verify_done = trio.Event()
         self._progress_logged: dict[str, float] = {}  # primary: directory -> when its last progress line was logged
@@ -266,7 +267,8 @@ class Mirror:
         async with self._verify_lock:
             self._verify_results = {}
             self._verify_done = trio.Event()
-            line = (json.dumps({"cmd": "verify", "repair": repair}) + "\n").encode()
+            self._verify_id += 1
+            line = (json.dumps({"cmd": "verify", "repair": repair, "id": self._verify_id}) + "\n").encode()
             for proc in self._workers:
                 if proc.stdin is not None and proc.returncode is None:
                     with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
@@ -373,8 +375,9 @@ class Mirror:
                         self.resync[dir] = {**running, "state": event.get("state")}
                     self.log.write(f"Resync of {dir}: {event.get('cmd', 'command')} {done}", initiator="rfs")
                 elif kind == "verify":
-                    self._verify_results[dir] = event
-                    self._verify_done.set()  # the daemon logs the results it returns
+                    if event.pop("id", None) == self._verify_id:  # else the answer to a verify that timed out
+                        self._verify_results[dir] = event
+                        self._verify_done.set()  # the daemon logs the results it returns
                 elif kind == "resync_mode":
                     # The first progress line comes a full period after the start: a short resync logs
                     # only its start and its end.

@@ -226,7 +226,7 @@ async def report_tracking(tracking: Tracking, dir: str) -> None:
 
 
 async def read_commands(
-    throttle: Throttle, stream: trio.abc.ReceiveStream, verify: Callable[[bool], None] | None = None
+    throttle: Throttle, stream: trio.abc.ReceiveStream, verify: Callable[[bool, int], None] | None = None
 ) -> None:
     """The daemon's commands, one JSON line each, until the stream ends.
 
@@ -242,7 +242,7 @@ async def read_commands(
                 command = json.loads(line)
                 name = command["cmd"]
                 if name == "verify" and verify is not None:
-                    verify(bool(command.get("repair", False)))
+                    verify(bool(command.get("repair", False)), int(command.get("id", 0)))
                     continue
                 state = throttle.command(str(name))
             except (ValueError, KeyError, TypeError) as exc:

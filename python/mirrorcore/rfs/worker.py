@@ -235,8 +235,9 @@ async def _run_module(module: str, index: int) -> None:
         nursery.start_soon(keep_linked, ops, filter, settings, tracking, resync, throttle, link)
         nursery.start_soon(report_tracking, tracking, replicated.dir)
 
-        def verify(repair: bool) -> None:
-            emit = functools.partial(report, "verify", dir=replicated.dir)
+        def verify(repair: bool, request: int) -> None:
+            # The request's id comes back with the answer: a late answer is never taken for the next one's.
+            emit = functools.partial(report, "verify", dir=replicated.dir, id=request)
             nursery.start_soon(verify_command, ops.root_fd, filter, link, throttle, repair, emit)
 
         if not os.isatty(0):
