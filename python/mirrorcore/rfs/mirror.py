@@ -81,6 +81,7 @@ class Mirror:
         self._epoch = 0  # bumped by every stop, so waits that began before it end
         self._verify_lock = trio.Lock()
         self._verify_id = 0  # the verify request the workers' answers must name
+        self._ready_sessions: list[int] = []  # secondary: per receiver, the session whose mark made it ready
         self._verify_results: dict[str, dict[str, Any]] = {}  # primary: directory -> its worker's verify result
         self._verify_done = trio.Event()
         self._progress_logged: dict[str, float] = {}  # primary: directory -> when its last progress line was logged
@@ -164,13 +165,11 @@ class Mirror:
         `after_break`: the primary stopped mirroring to a copy that was complete. Its old session may
         still look alive (a cut link is not seen at once), so only a later session's mark counts.
         """
-        if not after_break:
+        # The sessions whose marks last made this copy ready, recorded then: a later session that already
+        # completed when the break is noticed (a tiny resync after a quick reconnect) still counts.
+        if not after_break or len(self._ready_sessions) != len(self._receivers):
             return [-1] * len(self._receivers)
-        done = []
-        for r in self._receivers:
-            sessions = int(r.stats().get("sessions", 0))
-            done.append(sessions if _session_synced(r) else sessions - 1)
-        return done
+        return list(self._ready_sessions)
 
     async def wait_synced(self, sessions_done: list[int] | None = None) -> bool:
         """Waits until every receiver's current session delivered its resync's completion mark.
@@ -187,6 +186,7 @@ class Mirror:
             await self._save_copy_ids()
             newer = all(int(r.stats().get("sessions", 0)) > f for r, f in zip(self._receivers, floor, strict=False))
             if self._epoch == epoch and self.in_sync and newer:
+                self._ready_sessions = [int(r.stats().get("sessions", 0)) for r in self._receivers]
                 return True
             await trio.sleep(0.1)
         return False
@@ -315,7 +315,7 @@ class Mirror:
         for receiver in self._receivers:
             await trio.to_thread.run_sync(receiver.close)
         await self._save_copy_ids()
-        self._receivers, self._copy_ids = [], []
+        self._receivers, self._copy_ids, self._ready_sessions = [], [], []
         self.role = None
 
     @property
