@@ -19,7 +19,7 @@
 //! (keeping the needs list), `apply/answer.rs` answers requests,
 //! `apply/tree.rs` walks and removes directories by fd.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -39,6 +39,8 @@ pub use failure::{damaged, errno_name, explain, explain_flush, tolerated};
 
 /// How many files the applier keeps open for writing.
 const FD_CACHE: usize = 64;
+/// Most written files a flush `fsync`s one by one; beyond, one `syncfs` (see [`Applier::sync`]).
+const SYNC_FILES: usize = 8;
 /// `fchmodat2(2)` (Linux 6.6), the same number on every architecture.
 const SYS_FCHMODAT2: libc::c_long = 452;
 
@@ -49,6 +51,10 @@ pub struct Applier {
     dir: PathBuf,
     fds: HashMap<Vec<u8>, (OwnedFd, u64)>,
     tick: u64,
+    /// Paths written since the last flush, each with its fd in `fds` (see [`Applier::sync`]).
+    written: HashSet<Vec<u8>>,
+    /// Something besides those writes changed since the last flush: the next one is a `syncfs`.
+    wide: bool,
     /// `(created_now, path)` of the files `ensure` found failing the quick check.
     needs: Vec<(bool, Vec<u8>)>,
 }
@@ -64,6 +70,8 @@ impl Applier {
             dir: root.to_path_buf(),
             fds: HashMap::new(),
             tick: 0,
+            written: HashSet::new(),
+            wide: false,
             needs: Vec::new(),
         })
     }
@@ -73,13 +81,39 @@ impl Applier {
         &self.dir
     }
 
-    /// Flushes the root's file system to disk (`syncfs`).
+    /// Makes everything applied so far durable.
+    ///
+    /// When only file contents changed since the last flush (writes to at
+    /// most [`SYNC_FILES`] files, each still open here), `fsync` of those
+    /// files: the cost of a durability point then does not depend on what
+    /// else is dirty on the file system (another application's writes, the
+    /// other node's copy in a lab). After anything else (a namespace or
+    /// metadata change, a resync step, a written file's fd closed), `syncfs`
+    /// of the root's file system, which covers the directories too.
     ///
     /// # Errors
-    /// The `syncfs(2)` error.
-    pub fn sync(&self) -> io::Result<()> {
-        // SAFETY: a valid fd; the result is checked.
-        check(unsafe { libc::syncfs(self.root.fd()) })
+    /// The `fsync(2)`/`syncfs(2)` error; what was flushed is then unknown
+    /// and the next call flushes the whole file system.
+    pub fn sync(&mut self) -> io::Result<()> {
+        if self.wide || self.written.len() > SYNC_FILES {
+            self.wide = true;
+            // SAFETY: a valid fd; the result is checked.
+            check(unsafe { libc::syncfs(self.root.fd()) })?;
+        } else {
+            for path in &self.written {
+                let Some((fd, _)) = self.fds.get(path) else {
+                    self.wide = true; // cannot happen: eviction and `forget` widen
+                    return self.sync();
+                };
+                if let Err(e) = check(unsafe { libc::fsync(fd.as_raw_fd()) }) {
+                    self.wide = true;
+                    return Err(e);
+                }
+            }
+        }
+        self.written.clear();
+        self.wide = false;
+        Ok(())
     }
 
     /// Applies one operation.
@@ -87,6 +121,13 @@ impl Applier {
     /// # Errors
     /// The failing system call's error (the operation may be half done, as locally).
     pub fn apply(&mut self, op: &Op) -> io::Result<()> {
+        if !matches!(op, Op::Write { .. } | Op::Barrier) && !op.is_request() {
+            self.wide = true; // see `sync`
+        }
+        self.perform(op)
+    }
+
+    fn perform(&mut self, op: &Op) -> io::Result<()> {
         match op {
             Op::Write {
                 path,
@@ -200,6 +241,8 @@ impl Applier {
     /// Removes every entry under the root (the root itself stays): a full copy follows.
     fn reset(&mut self) -> io::Result<()> {
         self.fds.clear();
+        self.written.clear();
+        self.wide = true;
         self.needs.clear();
         // Through /proc/self/fd the walk starts at our root fd; `remove_dir_all` never follows
         // symlinks, so nothing outside the root can be reached.
@@ -224,6 +267,9 @@ impl Applier {
         data: &[u8],
     ) -> io::Result<()> {
         let fd = self.writable(path)?;
+        if !self.written.contains(path) {
+            self.written.insert(path.to_vec());
+        }
         write_all_at(fd, data, offset)?;
         let Some(ns) = mtime_ns else {
             return Ok(());
@@ -277,6 +323,7 @@ impl Applier {
                 .map(|(k, _)| k.clone())
             {
                 self.fds.remove(&oldest);
+                self.wide |= self.written.remove(&oldest);
             }
         }
         self.tick += 1;
@@ -287,9 +334,12 @@ impl Applier {
 
     /// Drops cached fds for `path` and everything below it.
     fn forget(&mut self, path: &[u8]) {
-        self.fds.retain(|k, _| {
-            !(k.starts_with(path) && (k.len() == path.len() || k[path.len()] == b'/'))
-        });
+        let below =
+            |k: &Vec<u8>| k.starts_with(path) && (k.len() == path.len() || k[path.len()] == b'/');
+        self.fds.retain(|k, _| !below(k));
+        let before = self.written.len();
+        self.written.retain(|k| !below(k));
+        self.wide |= self.written.len() != before;
     }
 
     fn remove(&mut self, path: &[u8], flags: libc::c_int) -> io::Result<()> {
@@ -480,6 +530,56 @@ mod tests {
 
     fn p(s: &str) -> Vec<u8> {
         s.as_bytes().to_vec()
+    }
+
+    #[test]
+    fn a_flush_after_writes_only_fsyncs_the_written_files() {
+        let (dir, mut a) = setup("flush");
+        let (uid, gid) = (unsafe { libc::geteuid() }, unsafe { libc::getegid() });
+        let create = |path: &str| Op::Create {
+            path: p(path),
+            mode: 0o644,
+            uid,
+            gid,
+        };
+        let write = |path: &str| Op::Write {
+            path: p(path),
+            offset: 0,
+            mtime_ns: None,
+            data: b"data".to_vec(),
+        };
+        a.apply(&create("f")).unwrap();
+        a.sync().unwrap();
+        assert!(!a.wide && a.written.is_empty(), "a flush starts afresh");
+        a.apply(&write("f")).unwrap();
+        a.apply(&Op::Barrier).unwrap();
+        assert!(!a.wide, "only file contents changed: fsync of the file");
+        assert_eq!(a.written.len(), 1);
+        a.sync().unwrap();
+        assert!(a.written.is_empty());
+        // A namespace change (and anything else) makes the next flush a syncfs.
+        a.apply(&create("g")).unwrap();
+        a.apply(&write("g")).unwrap();
+        assert!(a.wide);
+        a.sync().unwrap();
+        assert!(!a.wide && a.written.is_empty());
+        // So does closing the fd of a file written since the last flush.
+        a.apply(&write("g")).unwrap();
+        a.apply(&Op::Unlink { path: p("g") }).unwrap();
+        assert!(a.wide && a.written.is_empty());
+        a.sync().unwrap();
+        for i in 0..=FD_CACHE {
+            let name = format!("n{i}");
+            a.apply(&create(&name)).unwrap();
+        }
+        a.sync().unwrap();
+        for i in 0..=FD_CACHE {
+            a.apply(&write(&format!("n{i}"))).unwrap();
+        }
+        assert!(a.wide, "a written file's fd was evicted");
+        a.sync().unwrap();
+        assert_eq!(std::fs::read(dir.join("root/n0")).unwrap(), b"data");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -324,11 +324,17 @@ impl Cache {
                 session = now;
             }
             let size = batch.iter().map(|e| e.size).sum();
+            // One flush for all the barriers of a batch: the last one's covers the others.
+            let last_barrier = batch.iter().rposition(|e| e.op == Op::Barrier);
             let mut good = None;
             let mut halt = None;
-            for entry in batch {
+            for (i, entry) in batch.into_iter().enumerate() {
                 if halt.is_some() {
                     continue; // dropped: nothing after a failure is applied
+                }
+                if entry.op == Op::Barrier && Some(i) != last_barrier {
+                    good = Some(entry.seq);
+                    continue;
                 }
                 match self.apply_one(&mut applier, &entry, &mut dirty_since) {
                     Outcome::Done => good = Some(entry.seq),
@@ -337,15 +343,15 @@ impl Cache {
             }
             self.mark_applied(good.unwrap_or(0), size);
             if let Some(seq) = halt {
-                self.settle(&applier, seq);
+                self.settle(&mut applier, seq);
                 dirty_since = None;
                 continue;
             }
             let due = dirty_since.is_some_and(|t| t.elapsed() >= FLUSH_EVERY);
             if flush_now || due || stop {
                 let upto = self.lock().stats.applied;
-                if !self.flush(&applier, upto) {
-                    self.settle(&applier, upto + 1);
+                if !self.flush(&mut applier, upto) {
+                    self.settle(&mut applier, upto + 1);
                 }
                 dirty_since = None;
             }
@@ -466,7 +472,7 @@ impl Cache {
 
     /// Ends a halted session: flushes what was applied before the failure
     /// (acked as flushed), tells the primary and hangs up.
-    fn settle(&self, applier: &Applier, seq: u64) {
+    fn settle(&self, applier: &mut Applier, seq: u64) {
         if !self.halted() {
             // A flush failed outside any operation: that is a halt too.
             self.halt(seq, libc::EIO, "flush failed".into(), None);
@@ -528,7 +534,7 @@ impl Cache {
 
     /// Flushes to disk and acks up to `upto`; `false` when the flush failed
     /// (the session is then halted, the copy id 0: what is on disk is unknown).
-    fn flush(&self, applier: &Applier, upto: u64) -> bool {
+    fn flush(&self, applier: &mut Applier, upto: u64) -> bool {
         let result = applier.sync();
         let mut s = self.lock();
         let ok = match result {

@@ -27,7 +27,7 @@
 use std::collections::VecDeque;
 use std::io::{BufReader, BufWriter, Write};
 use std::net::{Shutdown, TcpStream};
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -40,6 +40,9 @@ use crate::error::{MirrorError, Result};
 use crate::reply::Replies;
 use crate::wire::{self, AckKind, Message, Op, Reply, WRITE_CHUNK};
 use dial::dial;
+
+/// Largest frame `submit` sends from the caller's thread when the sender is idle (see `send_inline`).
+const INLINE_MAX: usize = 16 << 10;
 
 /// How to reach and authenticate to the secondary.
 pub struct Config {
@@ -116,6 +119,12 @@ struct Queue {
     frames: VecDeque<Vec<u8>>,
     bytes: usize,
     last_seq: u64,
+    /// Seq of the latest barrier queued (equal to `last_seq` while it is the last operation).
+    last_barrier: u64,
+    /// Sealed bytes of a frame sent in part by `submit`: the sender sends them before `frames`.
+    rest: Vec<u8>,
+    /// A thread is writing to the socket (the sender, or `submit` sending inline).
+    sending: bool,
     closing: bool,
 }
 
@@ -152,6 +161,9 @@ impl Forwarder {
                 frames: VecDeque::new(),
                 bytes: 0,
                 last_seq: 0,
+                last_barrier: 0,
+                rest: Vec::new(),
+                sending: false,
                 closing: false,
             }),
             has_work: Condvar::new(),
@@ -204,6 +216,9 @@ impl Forwarder {
                 frames: VecDeque::new(),
                 bytes: 0,
                 last_seq: 0,
+                last_barrier: 0,
+                rest: Vec::new(),
+                sending: false,
                 closing: true,
             }),
             has_work: Condvar::new(),
@@ -257,6 +272,23 @@ impl Forwarder {
     /// # Errors
     /// The local `pwrite` error; [`MirrorError::InvalidPath`] before writing anything.
     pub fn write(&self, fd: RawFd, path: Option<&[u8]>, offset: u64, data: &[u8]) -> Result<usize> {
+        self.write_posting(fd, path, offset, data, false)
+    }
+
+    /// [`Forwarder::write`], and with `post` a barrier queued right behind
+    /// it, as [`Forwarder::post_barrier`] would (in the same call, so that
+    /// both usually travel in one send). Posting is a hint: it never fails the write.
+    ///
+    /// # Errors
+    /// As [`Forwarder::write`].
+    pub fn write_posting(
+        &self,
+        fd: RawFd,
+        path: Option<&[u8]>,
+        offset: u64,
+        data: &[u8],
+        post: bool,
+    ) -> Result<usize> {
         if let Some(path) = path {
             wire::validate_path(path)?;
         }
@@ -282,6 +314,9 @@ impl Forwarder {
                 },
             );
             off += chunk.len() as u64;
+        }
+        if post && self.shared.stream.is_some() {
+            let _ = self.post_locked(); // a hint: a dead link is the barrier's business
         }
         Ok(data.len())
     }
@@ -313,21 +348,87 @@ impl Forwarder {
     /// [`MirrorError::Timeout`] after `timeout`, or after `send_timeout`
     /// without ack progress (which also declares the link down).
     pub fn barrier(&self, timeout: Option<Duration>) -> Result<()> {
+        match self.post_barrier()? {
+            0 => Ok(()),
+            target => self.wait_barrier(target, timeout),
+        }
+    }
+
+    /// Queues a barrier behind everything queued so far and returns at once
+    /// with its seq: what [`Forwarder::wait_barrier`] then waits for. Returns
+    /// 0 when there is nothing to wait for (a tracker, or everything already
+    /// acknowledged as the mode requires). When the last operation queued is
+    /// already a barrier, returns that one's seq rather than queueing another.
+    ///
+    /// Posting early (the FUSE layer posts one after a write it expects an
+    /// fsync to follow) lets the secondary apply and flush while the primary
+    /// still works on its own side of the durability point.
+    ///
+    /// # Errors
+    /// [`MirrorError::Disconnected`] when something is left to wait for and the link is down.
+    pub fn post_barrier(&self) -> Result<u64> {
+        if self.shared.stream.is_none() {
+            return Ok(0); // a tracker: nothing to wait for
+        }
+        let _order = lock(&self.order);
+        self.post_locked()
+    }
+
+    /// [`Forwarder::post_barrier`] of a caller holding `order`.
+    fn post_locked(&self) -> Result<u64> {
+        let s = &self.shared;
+        let (last, posted) = {
+            let q = lock(&s.queue);
+            (q.last_seq, q.last_barrier)
+        };
+        if s.covered(&lock(&s.link)) >= last {
+            return Ok(0);
+        }
+        if posted == last {
+            return Ok(last);
+        }
+        self.ensure_connected()?;
+        let frame = Op::Barrier.frame(0);
+        let len = frame.len() + wire::MAC_LEN;
+        let seq = self.submit(len, |seq| restamp(frame, seq), || Unsent::Op(&Op::Barrier));
+        // Still under `order`: no other operation got a seq since.
+        lock(&s.queue).last_barrier = seq;
+        Ok(seq)
+    }
+
+    /// Whether everything up to `seq` is acknowledged as the mode requires,
+    /// waiting up to `wait` for it. Never an error: false when the link is
+    /// down (then [`Forwarder::wait_barrier`] says why); always true for a tracker.
+    pub fn is_covered(&self, seq: u64, wait: Duration) -> bool {
         let s = &self.shared;
         if s.stream.is_none() {
-            return Ok(()); // a tracker: nothing to wait for
+            return true; // a tracker: durability is local
         }
-        let target = {
-            let _order = lock(&self.order);
-            let last = lock(&s.queue).last_seq;
-            if s.covered(&lock(&s.link)) >= last {
-                return Ok(());
+        let deadline = Instant::now() + wait;
+        let mut link = lock(&s.link);
+        loop {
+            if s.covered(&link) >= seq {
+                return true;
             }
-            self.ensure_connected()?;
-            let frame = Op::Barrier.frame(0);
-            let len = frame.len() + wire::MAC_LEN;
-            self.submit(len, |seq| restamp(frame, seq), || Unsent::Op(&Op::Barrier))
-        };
+            let now = Instant::now();
+            if now >= deadline || !s.connected.load(Ordering::SeqCst) {
+                return false;
+            }
+            link = s
+                .link_changed
+                .wait_timeout(link, deadline - now)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Waits until everything up to `target` (a seq [`Forwarder::post_barrier`]
+    /// returned) is acknowledged as the mode requires; errors as [`Forwarder::barrier`].
+    ///
+    /// # Errors
+    /// As [`Forwarder::barrier`].
+    pub fn wait_barrier(&self, target: u64, timeout: Option<Duration>) -> Result<()> {
+        let s = &self.shared;
         let start = Instant::now();
         let deadline = timeout.map(|t| start + t);
         let mut link = lock(&s.link);
@@ -337,7 +438,7 @@ impl Forwarder {
             if now_covered >= target {
                 return Ok(());
             }
-            if !s.connected.load(Ordering::SeqCst) {
+            if s.stream.is_none() || !s.connected.load(Ordering::SeqCst) {
                 return Err(MirrorError::Disconnected(
                     link.error.clone().unwrap_or_default(),
                 ));
@@ -506,6 +607,13 @@ impl Forwarder {
             s.on_unsent(seq, &Unsent::Frame(&frame));
             return seq;
         }
+        let idle = !q.sending && q.frames.is_empty() && q.rest.is_empty() && !q.closing;
+        if idle && frame.len() <= INLINE_MAX {
+            q.sending = true;
+            drop(q);
+            s.send_inline(frame);
+            return seq;
+        }
         q.bytes += len;
         q.frames.push_back(frame);
         s.has_work.notify_one();
@@ -565,10 +673,10 @@ impl Shared {
     fn send_loop(&self, stream: TcpStream) {
         let mut out = BufWriter::with_capacity(256 << 10, stream);
         loop {
-            let batch: Vec<Vec<u8>> = {
+            let (rest, batch): (Vec<u8>, Vec<Vec<u8>>) = {
                 let mut q = lock(&self.queue);
-                while q.frames.is_empty() {
-                    if q.closing || !self.connected.load(Ordering::SeqCst) {
+                while q.sending || (q.frames.is_empty() && q.rest.is_empty()) {
+                    if !q.sending && (q.closing || !self.connected.load(Ordering::SeqCst)) {
                         return;
                     }
                     q = self
@@ -576,10 +684,13 @@ impl Shared {
                         .wait(q)
                         .unwrap_or_else(std::sync::PoisonError::into_inner);
                 }
-                q.frames.drain(..).collect()
+                q.sending = true;
+                (std::mem::take(&mut q.rest), q.frames.drain(..).collect())
             };
-            let (mut bytes, frames) = (0, batch.len() as u64);
+            let frames = batch.len() as u64 + u64::from(!rest.is_empty());
+            let mut bytes = rest.len();
             let sent = || -> std::io::Result<()> {
+                out.write_all(&rest)?;
                 for mut frame in batch {
                     wire::seal(&mut frame, &self.keys.frame);
                     out.write_all(&frame)?;
@@ -587,7 +698,9 @@ impl Shared {
                 }
                 out.flush()
             };
-            if let Err(e) = sent() {
+            let result = sent();
+            lock(&self.queue).sending = false;
+            if let Err(e) = result {
                 let why = if e.kind() == std::io::ErrorKind::WouldBlock {
                     format!("send stalled for {:?}", self.send_timeout)
                 } else {
@@ -601,6 +714,54 @@ impl Shared {
             let mut q = lock(&self.queue);
             q.bytes = q.bytes.saturating_sub(bytes);
             self.has_space.notify_all();
+        }
+    }
+
+    /// Sends one frame from the caller's thread, which set `sending` on an
+    /// idle queue: saves waking the sender for a lone small frame (a
+    /// durability point's write and barrier). Never blocks: what the socket
+    /// does not take at once is left in `rest` for the sender.
+    fn send_inline(&self, mut frame: Vec<u8>) {
+        wire::seal(&mut frame, &self.keys.frame);
+        let sent = self.stream.as_ref().map_or(Ok(0), |stream| {
+            // SAFETY: a valid socket and buffer; the result is checked.
+            let n = unsafe {
+                libc::send(
+                    stream.as_raw_fd(),
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            match usize::try_from(n) {
+                Ok(n) => Ok(n),
+                Err(_) => match std::io::Error::last_os_error() {
+                    e if e.kind() == std::io::ErrorKind::WouldBlock => Ok(0),
+                    e => Err(e),
+                },
+            }
+        });
+        let mut q = lock(&self.queue);
+        q.sending = false;
+        if !q.frames.is_empty() || q.closing {
+            self.has_work.notify_one(); // the sender waited for us
+        }
+        match sent {
+            Ok(n) if n == frame.len() => {
+                self.frames_sent.fetch_add(1, Ordering::Relaxed);
+                self.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Ok(n) => {
+                // The sender counts the frame when it sent the rest.
+                self.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
+                q.rest = frame.split_off(n);
+                q.bytes += q.rest.len();
+                self.has_work.notify_one();
+            }
+            Err(e) => {
+                drop(q);
+                self.fail(&format!("send failed: {e}"));
+            }
         }
     }
 
@@ -668,6 +829,7 @@ impl Shared {
         let dropped: Vec<Vec<u8>> = {
             let mut q = lock(&self.queue);
             q.bytes = 0;
+            q.rest.clear();
             q.frames.drain(..).collect()
         };
         for frame in &dropped {

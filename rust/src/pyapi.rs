@@ -115,6 +115,7 @@ impl Forwarder {
 
     /// `pwrite` locally, then queue the frame (with the file's new mtime) unless `path` is None;
     /// returns bytes written.
+    #[pyo3(signature = (fd, path, offset, data, *, post = false))]
     fn write(
         &self,
         py: Python<'_>,
@@ -122,8 +123,11 @@ impl Forwarder {
         path: Option<&[u8]>,
         offset: u64,
         data: &[u8],
+        post: bool,
     ) -> Result<usize> {
-        detached(py, || self.inner.write(fd, path, offset, data))
+        detached(py, || {
+            self.inner.write_posting(fd, path, offset, data, post)
+        })
     }
 
     fn create(&self, py: Python<'_>, path: Vec<u8>, mode: u32, uid: i64, gid: i64) -> Result<u64> {
@@ -300,6 +304,29 @@ impl Forwarder {
     fn barrier(&self, py: Python<'_>, timeout: Option<f64>) -> Result<()> {
         let timeout = timeout.map(|t| seconds(t, "timeout")).transpose()?;
         detached(py, || self.inner.barrier(timeout))
+    }
+
+    /// Queue a barrier without waiting; the seq to wait for, 0 when nothing is left to wait for.
+    fn post_barrier(&self, py: Python<'_>) -> Result<u64> {
+        detached(py, || self.inner.post_barrier())
+    }
+
+    /// Whether everything up to `seq` is acknowledged as the mode requires, waiting up to `wait` seconds.
+    #[pyo3(signature = (seq, wait = 0.0))]
+    fn is_covered(&self, py: Python<'_>, seq: u64, wait: f64) -> Result<bool> {
+        let wait = seconds(wait, "wait")?;
+        Ok(if wait.is_zero() {
+            self.inner.is_covered(seq, wait)
+        } else {
+            detached(py, || self.inner.is_covered(seq, wait))
+        })
+    }
+
+    /// Wait until everything up to `seq` (from `post_barrier`) is acknowledged.
+    #[pyo3(signature = (seq, timeout = None))]
+    fn wait_barrier(&self, py: Python<'_>, seq: u64, timeout: Option<f64>) -> Result<()> {
+        let timeout = timeout.map(|t| seconds(t, "timeout")).transpose()?;
+        detached(py, || self.inner.wait_barrier(seq, timeout))
     }
 
     #[getter]

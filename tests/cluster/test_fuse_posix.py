@@ -379,14 +379,22 @@ class Recorder:
         self.ops: list[tuple[object, ...]] = []
         self.last_seq = 0
 
-    def write(self, fd: int, path: bytes | None, offset: int, data: bytes) -> int:
+    def write(self, fd: int, path: bytes | None, offset: int, data: bytes, *, post: bool = False) -> int:
         n = os.pwrite(fd, data, offset)
         if path is not None:
             self._rec("write", path, offset, data)
+            if post:
+                self.post_barrier()
         return n
 
-    def barrier(self, timeout: float | None = None) -> None:
-        self.ops.append(("barrier",))
+    def post_barrier(self) -> int:
+        return self._rec("barrier")
+
+    def is_covered(self, seq: int, wait: float = 0.0) -> bool:
+        return True
+
+    def wait_barrier(self, seq: int, timeout: float | None = None) -> None:
+        raise AssertionError("is_covered said it was covered")
 
     def _rec(self, *op: object) -> int:
         self.ops.append(op)
@@ -465,10 +473,10 @@ async def test_forwarded_operations_follow_the_local_order(tmp_path: Path) -> No
 class Unreachable(Recorder):
     """A replicator whose peer is gone: everything but the local pwrite fails."""
 
-    def write(self, fd: int, path: bytes | None, offset: int, data: bytes) -> int:
+    def write(self, fd: int, path: bytes | None, offset: int, data: bytes, *, post: bool = False) -> int:
         raise ConnectionError("peer gone")
 
-    def barrier(self, timeout: float | None = None) -> None:
+    def post_barrier(self) -> int:
         raise TimeoutError("no ack")
 
     def __getattr__(self, name: str) -> object:

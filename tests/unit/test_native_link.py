@@ -280,6 +280,52 @@ def test_the_secondary_ends_with_the_primary_s_modification_times(receiver: Rece
 
 
 @pytest.mark.parametrize("mode", ["none", "second"])
+def test_a_durability_point_in_two_steps_post_then_wait(mode: str, receiver: Receiver, roots: tuple[Path, Path]):
+    """What the FUSE layer does: post the barrier with the write, flush locally, then wait only if needed."""
+    fwd = connect(receiver, mode)
+    try:
+        prim = Primary(roots[0], fwd)
+        prim.create(b"f")
+        (roots[0] / "f").write_bytes(b"")
+        fd = os.open(roots[0] / "f", os.O_WRONLY)
+        try:
+            before = fwd.last_seq
+            assert fwd.write(fd, b"f", 0, b"first", post=True) == 5
+            posted = fwd.last_seq
+            assert posted == before + 2, "the write, then its barrier"
+            # The fsync that follows finds that barrier (0: already acknowledged), rather than a new one.
+            assert fwd.post_barrier() in (posted, 0)
+            assert fwd.last_seq == posted
+            fwd.wait_barrier(posted, 10.0)
+            assert fwd.is_covered(posted)
+            assert fwd.post_barrier() == 0, "nothing left to wait for"
+            covered = fwd.flushed_seq if mode == "none" else fwd.acked_seq
+            assert covered >= posted
+            if mode == "none":
+                assert (roots[1] / "f").read_bytes() == b"first"
+            # Without a posted barrier a durability point queues its own; is_covered waits up to `wait`.
+            fwd.write(fd, b"f", 5, b" second")
+            seq = fwd.post_barrier()
+            assert seq == fwd.last_seq
+            assert fwd.is_covered(seq, 10.0)
+            if mode == "none":
+                assert (roots[1] / "f").read_bytes() == b"first second"
+        finally:
+            os.close(fd)
+    finally:
+        fwd.close()
+    # A closed link: the write still happens locally, and its durability point says the link is down.
+    fd = os.open(roots[0] / "f", os.O_WRONLY)
+    try:
+        fwd.write(fd, b"f", 0, b"x", post=True)
+    finally:
+        os.close(fd)
+    assert not fwd.is_covered(fwd.last_seq, 10.0), "returns at once: nothing can cover it any more"
+    with pytest.raises(ConnectionError):
+        fwd.post_barrier()
+
+
+@pytest.mark.parametrize("mode", ["none", "second"])
 def test_a_barrier_waits_for_the_mode_s_ack(mode: str, receiver: Receiver, roots: tuple[Path, Path]):
     fwd = connect(receiver, mode)
     try:

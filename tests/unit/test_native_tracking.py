@@ -35,10 +35,10 @@ def create(root: Path, fwd: Forwarder, rel: bytes) -> None:
     fwd.create(rel, stat.S_IFREG | 0o644, os.getuid(), os.getgid())
 
 
-def write(root: Path, fwd: Forwarder, rel: bytes, offset: int, data: bytes) -> int:
+def write(root: Path, fwd: Forwarder, rel: bytes, offset: int, data: bytes, *, post: bool = False) -> int:
     fd = os.open(os.fsencode(root) + b"/" + rel, os.O_WRONLY)
     try:
-        return fwd.write(fd, rel, offset, data)
+        return fwd.write(fd, rel, offset, data, post=post)
     finally:
         os.close(fd)
 
@@ -114,6 +114,11 @@ def test_a_tracker_applies_writes_locally_records_them_and_never_blocks(tmp_path
     assert (tmp_path / "f").read_bytes() == b"\0" * ZS + b"hello"
     tracker.rename(b"f", b"h", 0)
     tracker.barrier(0.0)  # ALONE: durability is local
+    assert tracker.post_barrier() == 0
+    assert tracker.is_covered(tracker.last_seq)
+    (tmp_path / "g").write_bytes(b"")
+    assert write(tmp_path, tracker, b"g", 0, b"x", post=True) == 1
+    assert tracker.last_seq == 3, "a tracker queues no barrier"
     assert dirty.zones(b"h") == [(ZS, ZS)]
     assert dirty.runs(b"h") == [(ZS, ZS, 101)]  # continues after the map's last seq
     assert [(seq, kind) for seq, kind, _, _ in dirty.changelog()] == [(102, "rename")]

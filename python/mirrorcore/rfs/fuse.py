@@ -6,9 +6,11 @@ opened. For each mutation the replicator is called right after the local operati
 with no `await` in between, so the order of forwarding is the order of local application.
 Writes go through `Replicator.write`, which does the pwrite itself (the hot path is native).
 
-Durability points (the replication barrier, waited for in a thread while the local fsync runs inline;
-no thread at all when the barrier cannot block: no replicator, or no live link): fsync, fdatasync and
-fsyncdir; every write on an fd opened O_SYNC/O_DSYNC; every mutation when `ackeach`.
+Durability points (see rfs/fuse_durable.py: the barrier is queued before the local fsync, which
+runs inline, and its acknowledgement waited for inline briefly, then in a thread): fsync, fdatasync
+and fsyncdir; every write on an fd opened O_SYNC/O_DSYNC; every mutation when `ackeach`. A write on
+a handle whose fsyncs came after as many writes as it has now queues its barrier with it
+(`FileHandle.wrote`), so the secondary applies and flushes it while the fsync is still on its way.
 
 Modification times: the secondary must end with the primary's st_mtime_ns on every replicated entry,
 but applying an operation there stamps its own clock. Writes (the hot path) carry the file's mtime

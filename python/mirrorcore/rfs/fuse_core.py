@@ -53,6 +53,23 @@ def rel_path(path: bytes) -> bytes:
 class FileHandle:
     node: Node
     sync: bool  # opened O_SYNC/O_DSYNC: every write is a durability point
+    writes: int = 0  # writes since this handle's last fsync
+    gap: int = 0  # writes between its last two fsyncs (0: none seen yet)
+
+    def wrote(self) -> bool:
+        """Counts a write; whether an fsync is likely to follow now (it did after as many writes last time).
+
+        Then the write's barrier is posted at once, so that the secondary applies and flushes it
+        while the application is still on its way to the fsync (a database's write + fsync).
+        """
+        self.writes += 1
+        return 0 < self.gap <= self.writes
+
+    def synced(self) -> None:
+        """Counts an fsync of this handle."""
+        if self.writes:
+            self.gap = self.writes
+        self.writes = 0
 
 
 @dataclass

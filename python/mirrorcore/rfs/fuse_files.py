@@ -85,7 +85,8 @@ class FileOps(FuseCore):
             if path is not None and not self.filter.replicated(path):
                 n = os.pwrite(fh, buf, off)
             else:
-                n = guard.write(fh, path, off, buf)
+                # An fsync likely to follow: the barrier goes with the write, the secondary starts on it now.
+                n = guard.write(fh, path, off, buf, post=handle.wrote())
         except OSError as e:
             raise FUSEError(e.errno or errno.EIO) from e
         if handle.sync or self._ackeach:
@@ -106,6 +107,7 @@ class FileOps(FuseCore):
             os.close(fh)
 
     async def fsync(self, fh: int, datasync: bool) -> None:
+        self._handles[fh].synced()
         await durable(self.guard, fh, datasync)
 
     # ----- directories ---------------------------------------------------------------------

@@ -30,7 +30,7 @@ LOST = (ConnectionError, TimeoutError)
 class Replicator(Protocol):
     """What the FUSE layer calls; see /tmp/contracts3.md (implemented by `_native.Forwarder`)."""
 
-    def write(self, fd: int, path: bytes | None, offset: int, data: bytes) -> int: ...
+    def write(self, fd: int, path: bytes | None, offset: int, data: bytes, *, post: bool = False) -> int: ...
     def create(self, path: bytes, mode: int, uid: int, gid: int) -> int: ...
     def mknod(self, path: bytes, mode: int, rdev: int, uid: int, gid: int) -> int: ...
     def mkdir(self, path: bytes, mode: int, uid: int, gid: int) -> int: ...
@@ -47,6 +47,9 @@ class Replicator(Protocol):
     def removexattr(self, path: bytes, name: bytes) -> int: ...
     def fallocate(self, path: bytes, mode: int, offset: int, length: int) -> int: ...
     def barrier(self, timeout: float | None = None) -> None: ...
+    def post_barrier(self) -> int: ...
+    def is_covered(self, seq: int, wait: float = 0.0) -> bool: ...
+    def wait_barrier(self, seq: int, timeout: float | None = None) -> None: ...
     @property
     def last_seq(self) -> int: ...
 
@@ -75,37 +78,54 @@ class Guard:
         except LOST as e:
             self._lost(e)
 
-    def write(self, fd: int, path: bytes | None, offset: int, data: bytes) -> int:
+    def write(self, fd: int, path: bytes | None, offset: int, data: bytes, *, post: bool = False) -> int:
         """Local pwrite + forward; a local failure raises OSError, a lost peer does not.
 
-        If the forwarder reports the peer lost we cannot tell whether its pwrite happened, so we
-        redo it: pwrite of the same bytes at the same offset is idempotent.
+        With `post`, a barrier is queued right behind the write (see `post`): a durability point is
+        expected to follow. If the forwarder reports the peer lost we cannot tell whether its
+        pwrite happened, so we redo it: pwrite of the same bytes at the same offset is idempotent.
         """
         if self.replicator is None:
             return os.pwrite(fd, data, offset)
         try:
-            return self.replicator.write(fd, path, offset, data)
+            return self.replicator.write(fd, path, offset, data, post=post)
         except LOST as e:
             self._lost(e)
             return os.pwrite(fd, data, offset)
 
-    def may_block(self) -> bool:
-        """Whether `barrier` may have to wait (False: it returns at once, no need for a thread).
+    def post(self) -> int:
+        """Queues a barrier behind everything forwarded so far, without waiting.
 
-        False without a replicator, and for one with no live link (`connected` False: a link-less
-        tracker, or a forwarder whose link dropped, whose barrier fails at once).
+        Returns the sequence number `wait` waits for, 0 when there is nothing to wait for (no
+        replicator, everything already acknowledged, or the peer lost).
         """
-        replicator = self.replicator
-        return replicator is not None and getattr(replicator, "connected", True)
+        if self.replicator is None:
+            return 0
+        try:
+            return self.replicator.post_barrier()
+        except LOST as e:
+            self._lost(e)
+            return 0
+
+    def covered(self, seq: int, wait: float = 0.0) -> bool:
+        """Whether the secondary acknowledged everything up to `seq` (a `post` result) as the mode requires.
+
+        Waits up to `wait` seconds for it (blocking); False when the link is down (`wait` then says why).
+        """
+        return seq == 0 or self.replicator is None or self.replicator.is_covered(seq, wait)
+
+    def wait(self, seq: int) -> None:
+        """Waits (blocking) until `seq` is covered; returns at once when the peer is lost."""
+        if seq == 0 or self.replicator is None:
+            return
+        try:
+            self.replicator.wait_barrier(seq)
+        except LOST as e:
+            self._lost(e)
 
     def barrier(self) -> None:
         """Waits for the secondary's acknowledgement of everything forwarded so far (blocking)."""
-        if self.replicator is None:
-            return
-        try:
-            self.replicator.barrier()
-        except LOST as e:
-            self._lost(e)
+        self.wait(self.post())
 
     def _lost(self, e: BaseException) -> None:
         self.failures += 1
