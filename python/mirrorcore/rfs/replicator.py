@@ -123,10 +123,6 @@ class Guard:
         except LOST as e:
             self._lost(e)
 
-    def barrier(self) -> None:
-        """Waits for the secondary's acknowledgement of everything forwarded so far (blocking)."""
-        self.wait(self.post())
-
     def _lost(self, e: BaseException) -> None:
         self.failures += 1
         if self.failures == 1 or self.failures % 10000 == 0:
