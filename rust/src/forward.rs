@@ -301,10 +301,15 @@ impl Forwarder {
         // result. Every chunk carries it. Should fstat fail (it cannot once pwrite
         // succeeded), the secondary keeps its own clock rather than failing a done write.
         let mtime_ns = mtime_ns(fd);
+        // With `post`, the frames are held and queued together with the barrier, so that
+        // a small write and its barrier leave in one send and the secondary gets both in
+        // one read (held frames may overrun the queue bound by this one write).
+        let post = post && self.shared.stream.is_some();
+        let mut held = Vec::new();
         let mut off = offset;
         for chunk in data.chunks(WRITE_CHUNK) {
             let len = wire::HEADER_LEN + wire::write_overhead(path) + chunk.len() + wire::MAC_LEN;
-            self.submit(
+            let prepared = self.prepare(
                 len,
                 |seq| wire::write_frame(seq, path, off, mtime_ns, chunk),
                 || Unsent::Write {
@@ -313,10 +318,15 @@ impl Forwarder {
                     len: chunk.len() as u64,
                 },
             );
+            held.extend(prepared.1.map(|f| (prepared.0, f)));
+            if !post {
+                self.shared.enqueue(std::mem::take(&mut held));
+            }
             off += chunk.len() as u64;
         }
-        if post && self.shared.stream.is_some() {
-            let _ = self.post_locked(); // a hint: a dead link is the barrier's business
+        if post {
+            let _ = self.post_locked(&mut held); // a hint: a dead link is the barrier's business
+            self.shared.enqueue(held);
         }
         Ok(data.len())
     }
@@ -371,11 +381,15 @@ impl Forwarder {
             return Ok(0); // a tracker: nothing to wait for
         }
         let _order = lock(&self.order);
-        self.post_locked()
+        let mut held = Vec::new();
+        let posted = self.post_locked(&mut held);
+        self.shared.enqueue(held);
+        posted
     }
 
-    /// [`Forwarder::post_barrier`] of a caller holding `order`.
-    fn post_locked(&self) -> Result<u64> {
+    /// [`Forwarder::post_barrier`] of a caller holding `order`, leaving the
+    /// barrier's frame (if any) in `held` for the caller to queue.
+    fn post_locked(&self, held: &mut Vec<(u64, Vec<u8>)>) -> Result<u64> {
         let s = &self.shared;
         let (last, posted) = {
             let q = lock(&s.queue);
@@ -390,7 +404,9 @@ impl Forwarder {
         self.ensure_connected()?;
         let frame = Op::Barrier.frame(0);
         let len = frame.len() + wire::MAC_LEN;
-        let seq = self.submit(len, |seq| restamp(frame, seq), || Unsent::Op(&Op::Barrier));
+        let (seq, frame) =
+            self.prepare(len, |seq| restamp(frame, seq), || Unsent::Op(&Op::Barrier));
+        held.extend(frame.map(|f| (seq, f)));
         // Still under `order`: no other operation got a seq since.
         lock(&s.queue).last_barrier = seq;
         Ok(seq)
@@ -581,6 +597,21 @@ impl Forwarder {
         build: impl FnOnce(u64) -> Vec<u8>,
         what: impl FnOnce() -> Unsent<'a>,
     ) -> u64 {
+        let (seq, frame) = self.prepare(len, build, what);
+        self.shared
+            .enqueue(frame.map(|f| (seq, f)).into_iter().collect());
+        seq
+    }
+
+    /// [`Forwarder::submit`] up to the queueing: returns the seq and the
+    /// frame to queue (`None` when the link is down: recorded, not sent).
+    /// The caller holds `order` until it queued the frame.
+    fn prepare<'a>(
+        &self,
+        len: usize,
+        build: impl FnOnce(u64) -> Vec<u8>,
+        what: impl FnOnce() -> Unsent<'a>,
+    ) -> (u64, Option<Vec<u8>>) {
         let s = &self.shared;
         let mut q = lock(&s.queue);
         while s.connected.load(Ordering::SeqCst) && q.bytes > 0 && q.bytes + len > s.capacity {
@@ -597,27 +628,10 @@ impl Forwarder {
         s.record(seq, &what);
         if unsent {
             s.on_unsent(seq, &what);
-            return seq;
+            return (seq, None);
         }
         // Build outside the lock: `order` keeps seqs ours, the sender keeps draining.
-        let frame = build(seq);
-        let mut q = lock(&s.queue);
-        if !s.connected.load(Ordering::SeqCst) {
-            drop(q);
-            s.on_unsent(seq, &Unsent::Frame(&frame));
-            return seq;
-        }
-        let idle = !q.sending && q.frames.is_empty() && q.rest.is_empty() && !q.closing;
-        if idle && frame.len() <= INLINE_MAX {
-            q.sending = true;
-            drop(q);
-            s.send_inline(frame);
-            return seq;
-        }
-        q.bytes += len;
-        q.frames.push_back(frame);
-        s.has_work.notify_one();
-        seq
+        (seq, Some(build(seq)))
     }
 }
 
@@ -717,19 +731,56 @@ impl Shared {
         }
     }
 
-    /// Sends one frame from the caller's thread, which set `sending` on an
-    /// idle queue: saves waking the sender for a lone small frame (a
-    /// durability point's write and barrier). Never blocks: what the socket
-    /// does not take at once is left in `rest` for the sender.
-    fn send_inline(&self, mut frame: Vec<u8>) {
-        wire::seal(&mut frame, &self.keys.frame);
+    /// Queues prepared frames (seq, unsealed frame) in order. When the sender
+    /// is idle and they are small, sends them from the caller's thread instead
+    /// (see `send_inline`). While the link is down they go to `on_unsent`.
+    fn enqueue(&self, frames: Vec<(u64, Vec<u8>)>) {
+        if frames.is_empty() {
+            return;
+        }
+        let mut q = lock(&self.queue);
+        if !self.connected.load(Ordering::SeqCst) {
+            drop(q);
+            for (seq, frame) in &frames {
+                self.on_unsent(*seq, &Unsent::Frame(frame));
+            }
+            return;
+        }
+        let len: usize = frames.iter().map(|(_, f)| f.len() + wire::MAC_LEN).sum();
+        let idle = !q.sending && q.frames.is_empty() && q.rest.is_empty() && !q.closing;
+        if idle && len <= INLINE_MAX {
+            q.sending = true;
+            drop(q);
+            self.send_inline(frames);
+            return;
+        }
+        q.bytes += len;
+        q.frames.extend(frames.into_iter().map(|(_, f)| f));
+        self.has_work.notify_one();
+    }
+
+    /// Sends small frames from the caller's thread, which set `sending` on an
+    /// idle queue: saves waking the sender for a durability point's write and
+    /// barrier, which go in one send. Never blocks: what the socket does not
+    /// take at once is left in `rest` for the sender.
+    fn send_inline(&self, frames: Vec<(u64, Vec<u8>)>) {
+        let count = frames.len();
+        let mut bytes = Vec::new();
+        for (_, mut frame) in frames {
+            wire::seal(&mut frame, &self.keys.frame);
+            if bytes.is_empty() {
+                bytes = frame;
+            } else {
+                bytes.extend_from_slice(&frame);
+            }
+        }
         let sent = self.stream.as_ref().map_or(Ok(0), |stream| {
             // SAFETY: a valid socket and buffer; the result is checked.
             let n = unsafe {
                 libc::send(
                     stream.as_raw_fd(),
-                    frame.as_ptr().cast(),
-                    frame.len(),
+                    bytes.as_ptr().cast(),
+                    bytes.len(),
                     libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
                 )
             };
@@ -747,14 +798,16 @@ impl Shared {
             self.has_work.notify_one(); // the sender waited for us
         }
         match sent {
-            Ok(n) if n == frame.len() => {
-                self.frames_sent.fetch_add(1, Ordering::Relaxed);
+            Ok(n) if n == bytes.len() => {
+                self.frames_sent.fetch_add(count as u64, Ordering::Relaxed);
                 self.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
             }
             Ok(n) => {
-                // The sender counts the frame when it sent the rest.
+                // Counted now but the last, which the sender counts once it sent the rest.
+                self.frames_sent
+                    .fetch_add(count as u64 - 1, Ordering::Relaxed);
                 self.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
-                q.rest = frame.split_off(n);
+                q.rest = bytes.split_off(n);
                 q.bytes += q.rest.len();
                 self.has_work.notify_one();
             }
