@@ -1,9 +1,20 @@
 """Type stubs for the Rust extension `mirrorcore._native` (checked by `mypy.stubtest`)."""
 
 import os
+from collections.abc import Callable
 from typing import Self, final
 
-__all__ = ["DirtyMap", "Forwarder", "Receiver", "local_sums", "version"]
+__all__ = [
+    "DirtyMap",
+    "Forwarder",
+    "Receiver",
+    "fallocate",
+    "fuse_shim_enable",
+    "fuse_shim_installed",
+    "local_sums",
+    "set_fallocate_handler",
+    "version",
+]
 
 def version() -> str: ...
 def local_sums(root_fd: int, path: bytes, offset: int, length: int, block: int) -> tuple[int, bytes]:
@@ -13,6 +24,19 @@ def local_sums(root_fd: int, path: bytes, offset: int, length: int, block: int) 
     blocks start at `offset`, the last one may be short, a hole reads as zeros. Size is -1 (and no checksums) when
     `path` is missing or not a regular file. Releases the GIL.
     """
+
+def fuse_shim_enable() -> bool:
+    """Prepares the fallocate handler for FUSE sessions pyfuse3 creates from now on (call before importing
+    pyfuse3); whether it will be installed."""
+
+def fuse_shim_installed() -> bool:
+    """Whether a FUSE session of this process got the fallocate handler."""
+
+def set_fallocate_handler(handler: Callable[[int, int, int, int], int] | None) -> None:
+    """Sets the callable `(fh, mode, offset, length) -> errno` serving fallocate(2) on the mount (None: EOPNOTSUPP)."""
+
+def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    """fallocate(2) of `fd`; raises OSError. Releases the GIL."""
 
 @final
 class Forwarder:

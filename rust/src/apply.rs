@@ -372,7 +372,7 @@ fn mkdir(p: &Parent, mode: u32, uid: u32, gid: u32) -> io::Result<()> {
     set_owner_and_mode(fd.as_raw_fd(), mode, uid, gid)
 }
 
-fn fallocate(fd: RawFd, mode: u32, offset: u64, length: u64) -> io::Result<()> {
+pub(crate) fn fallocate(fd: RawFd, mode: u32, offset: u64, length: u64) -> io::Result<()> {
     let mode = libc::c_int::try_from(mode).map_err(|_| einval())?;
     let offset = libc::off_t::try_from(offset).map_err(|_| einval())?;
     let length = libc::off_t::try_from(length).map_err(|_| einval())?;

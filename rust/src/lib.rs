@@ -22,6 +22,8 @@
 //! - `beneath.rs`: resolving paths without leaving the root (`openat2`).
 //! - `extent.rs`: block checksums (`local_sums`) and `copy_range`, the
 //!   primary's streaming of file data for resync.
+//! - `fuse_shim.rs`: the `fallocate` handler pyfuse3 lacks, added to its FUSE
+//!   session by interposing `fuse_session_new`.
 //! - `reply.rs`: the primary's table of replies to requests (`take_*`).
 //!
 //! - `dirty.rs` (+ `dirty/`): per-file zone runs and the namespace changelog of
@@ -36,6 +38,7 @@ pub mod dirty;
 pub mod error;
 pub mod extent;
 pub mod forward;
+pub mod fuse_shim;
 pub mod pyapi;
 pub mod receive;
 pub mod reply;
@@ -67,5 +70,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<pyapi::Forwarder>()?;
     m.add_class::<pyapi::Receiver>()?;
     m.add_class::<dirty::PyDirtyMap>()?;
+    fuse_shim::register(m)?;
     Ok(())
 }

@@ -7,10 +7,21 @@ is skipped, as it would fail on a local disk: what matters is that both nodes en
 
 from __future__ import annotations
 
+import ctypes
 import json
 import mmap
 import os
 import sys
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+
+
+def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    """fallocate(2), which Python's os module lacks."""
+    if _libc.fallocate(fd, mode, offset, length) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
 
 
 def apply(root: str, op: list) -> None:
@@ -70,6 +81,12 @@ def apply(root: str, op: list) -> None:
         fd = os.open(at(args[0]), os.O_WRONLY | os.O_CREAT | os.O_DSYNC, 0o644)
         try:
             os.pwrite(fd, b"s" * args[2], args[1])
+        finally:
+            os.close(fd)
+    elif kind == "fallocate":
+        fd = os.open(at(args[0]), os.O_WRONLY)
+        try:
+            fallocate(fd, args[1], args[2], args[3])
         finally:
             os.close(fd)
     elif kind == "unlink_open":

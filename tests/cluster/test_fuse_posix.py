@@ -46,6 +46,14 @@ def _renameat2(old: str, new: str, flags: int) -> None:
 
 
 AT_FDCWD = -100
+KEEP_SIZE, PUNCH_HOLE, ZERO_RANGE = 0x01, 0x02, 0x10  # fallocate modes
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+
+
+def _fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    if _libc.fallocate(fd, mode, offset, length) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
 
 
 def _need_root_and_fuse() -> None:
@@ -282,6 +290,31 @@ def test_sparse_files_append_truncate_and_large_offsets(mount: Mount) -> None:
     assert os.statvfs(mount.p("")).f_blocks == os.statvfs(mount.b("")).f_blocks
 
 
+def test_fallocate_allocates_punches_and_zeroes_as_on_the_backing_file_system(mount: Mount) -> None:
+    fd = os.open(mount.p("fa"), os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        os.pwrite(fd, b"x" * 65536, 0)
+        _fallocate(fd, 0, 0, 1 << 20)  # extends the file
+        assert os.fstat(fd).st_size == 1 << 20  # the kernel's cached size follows
+        _fallocate(fd, KEEP_SIZE, 0, 4 << 20)  # allocates past the end, size kept
+        _fallocate(fd, PUNCH_HOLE | KEEP_SIZE, 4096, 8192)
+        _fallocate(fd, ZERO_RANGE, 32768, 4096)
+        assert os.fstat(fd).st_size == 1 << 20
+        # The backing file system's own error comes back (16 EiB is past ext4's largest file).
+        backing = os.open(mount.b("fa"), os.O_RDWR)
+        try:
+            assert _errno(_fallocate, fd, KEEP_SIZE, 0, 1 << 60) == _errno(_fallocate, backing, KEEP_SIZE, 0, 1 << 60)
+            assert os.lseek(backing, 0, os.SEEK_HOLE) == 4096  # punched: a hole, not written zeros
+        finally:
+            os.close(backing)
+    finally:
+        os.close(fd)
+    data = Path(mount.b("fa")).read_bytes()
+    x, z = b"x", b"\0"
+    assert data == x * 4096 + z * 8192 + x * 20480 + z * 4096 + x * 28672 + z * ((1 << 20) - 65536)
+    assert os.lstat(mount.b("fa")).st_blocks * 512 >= (4 << 20) - 8192  # KEEP_SIZE allocated past the end
+
+
 def test_mmap_writes_reach_the_backing_file(mount: Mount) -> None:
     Path(mount.p("m")).write_bytes(b"\0" * 8192)
     fd = os.open(mount.p("m"), os.O_RDWR)
@@ -417,6 +450,7 @@ def _script(dir: Path) -> None:
     os.truncate(dir / "g", 2)
     fd = os.open(dir / "g", os.O_WRONLY | os.O_DSYNC)
     os.pwrite(fd, b"s", 1)  # a durability point by itself
+    _fallocate(fd, 0, 0, 8192)  # on this handle, one too
     os.close(fd)
     os.unlink(dir / "g")
     # Nothing of this is forwarded: tmp is notreplicated.
@@ -461,6 +495,9 @@ async def test_forwarded_operations_follow_the_local_order(tmp_path: Path) -> No
         ("truncate", b"g", 2),
         ("utimens", b"g", None, ANY),
         ("write", b"g", 1, b"s"),
+        ("barrier",),
+        ("fallocate", b"g", 0, 0, 8192),
+        ("utimens", b"g", None, ANY),
         ("barrier",),
         ("unlink", b"g"),
     ]

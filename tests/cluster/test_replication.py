@@ -43,6 +43,29 @@ def test_concurrent_writers_leave_identical_trees(lab, mode):
     assert receiver["apply_errors"] == 0
 
 
+FALLOCATE = """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+fd = os.open("/srv/demo/fa", os.O_CREAT | os.O_RDWR, 0o644)
+os.pwrite(fd, b"x" * 65536, 0)
+for mode, offset, length in [(0, 0, 1 << 20), (1, 0, 4 << 20), (3, 4096, 8192), (16, 32768, 4096)]:
+    assert libc.fallocate(fd, mode, offset, length) == 0, os.strerror(ctypes.get_errno())
+os.fsync(fd)
+"""
+HOLE = (
+    "import os; fd = os.open('/srv/demo/fa', os.O_RDONLY); print(os.lseek(fd, 0, os.SEEK_HOLE), os.fstat(fd).st_size)"
+)
+
+
+def test_fallocate_is_replicated_holes_included(lab):
+    started(lab, "none")
+    lab.exec("node1", [sys.executable, "-c", FALLOCATE])
+    assert wait_identical(lab) == []
+    # Extended to 1 MiB, then the punched range is a hole on the secondary too (not written zeros).
+    assert lab.exec("node2", [sys.executable, "-c", HOLE]).stdout.split() == ["4096", str(1 << 20)]
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_acknowledged_writes_survive_a_crash_of_the_primary(lab, mode):
     cluster = started(lab, mode)

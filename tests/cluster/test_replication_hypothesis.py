@@ -49,6 +49,10 @@ ops = st.one_of(
     st.tuples(st.just("mmap"), name, st.integers(0, 10**6), byte),
     st.tuples(st.just("sync_write"), name, st.integers(0, 100_000), st.integers(1, 8192)),
     st.tuples(st.just("unlink_open"), name),
+    # modes 0, KEEP_SIZE, PUNCH_HOLE|KEEP_SIZE, ZERO_RANGE, ZERO_RANGE|KEEP_SIZE
+    st.tuples(
+        st.just("fallocate"), name, st.sampled_from([0, 1, 3, 16, 17]), st.integers(0, 300_000), st.integers(1, 100_000)
+    ),
 )
 programs = st.lists(st.lists(ops, max_size=30), min_size=3, max_size=3)
 

@@ -31,9 +31,10 @@ chmod/chown/xattrs change only ctime, which nothing can set: nothing to forward.
 Kernel side: no writeback cache (the daemon sees every write, in order); `default_permissions`
 (the kernel checks permissions, so `access` is never asked); no `flush` handler (close() is not a
 durability point: the kernel stops sending FLUSH after the first ENOSYS); the kernel's GETXATTR of
-security.capability before every write is answered from a per-node cache of absent names; no `fallocate`, `lseek` or
-`copy_file_range` handlers exist in pyfuse3 3.5, so fallocate(2) fails with EOPNOTSUPP
-(posix_fallocate falls back to writing zeros, which is forwarded), SEEK_HOLE/SEEK_DATA on the
+security.capability before every write is answered from a per-node cache of absent names. pyfuse3 3.5 has no
+`fallocate`, `lseek` or `copy_file_range` handlers: fallocate(2) is served all the same, by a
+handler the native shim adds to pyfuse3's FUSE session (rust/src/fuse_shim.rs, `FileOps.fallocate`;
+the kernel passes modes 0, KEEP_SIZE, PUNCH_HOLE and ZERO_RANGE), SEEK_HOLE/SEEK_DATA on the
 mount see the file as all data (holes are kept on both sides, st_blocks is passed through) and
 copy_file_range falls back to read + write.
 

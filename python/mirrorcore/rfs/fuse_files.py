@@ -1,4 +1,4 @@
-"""`MirrorFS` handlers of open files and directories: open, create, read, write, release, fsync, readdir."""
+"""`MirrorFS` handlers of open files and directories: open, create, read, write, fallocate, release, fsync, readdir."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import stat
 import pyfuse3
 from pyfuse3 import FUSEError
 
+from mirrorcore import _native
 from mirrorcore.rfs.fuse_core import DirHandle, FileHandle, FuseCore, errors, rel_path
-from mirrorcore.rfs.fuse_durable import barrier, durable
+from mirrorcore.rfs.fuse_durable import INLINE_WAIT, barrier, durable
 from mirrorcore.rfs.inodes import Node
 
 __all__ = ["FileOps"]
@@ -105,6 +106,29 @@ class FileOps(FuseCore):
         self.inodes.closed(handle.node)
         with errors():
             os.close(fh)
+
+    def fallocate(self, fh: int, mode: int, offset: int, length: int) -> int:
+        """fallocate(2) through the mount; returns an errno (0: done).
+
+        pyfuse3 has no such handler: the native shim (rust/src/fuse_shim.rs) calls this one
+        synchronously, on the FUSE loop's thread, so it must not await. Applied locally, then
+        forwarded like a truncate, with the file's new mtime.
+        """
+        handle = self._handles.get(fh)
+        if handle is None:
+            return errno.EBADF
+        try:
+            _native.fallocate(fh, mode, offset, length)
+        except OSError as e:
+            return e.errno or errno.EIO
+        path = self.inodes.path(handle.node.ino)
+        self._fwd(path, False, lambda r, p: r.fallocate(p, mode, offset, length))
+        self._stamp(path, False)
+        if handle.sync or self._ackeach:
+            seq = self.guard.post()
+            if not self.guard.covered(seq, INLINE_WAIT):
+                self.guard.wait(seq)  # blocking the FUSE loop: one round trip, on a rare call
+        return 0
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         self._handles[fh].synced()

@@ -24,6 +24,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from mirrorcore import _native
 from mirrorcore.rfs.filters import Filter
 from mirrorcore.rfs.fuse import MOUNT_OPTIONS, MirrorFS
 from mirrorcore.rfs.replicator import Replicator
@@ -80,7 +81,10 @@ async def serve(
     old_umask = os.umask(0)
     try:
         ops = MirrorFS(fd, replicator, filter, ackeach=ackeach)
+        _native.set_fallocate_handler(ops.fallocate)
         pyfuse3.init(ops, str(dir), _mount_options(fd))
+        if not _native.fuse_shim_installed():
+            log.info("fallocate(2) is not supported on %s (pyfuse3 was loaded before mirrorcore.rfs)", dir)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(pyfuse3.main)
@@ -89,6 +93,7 @@ async def serve(
         finally:
             # libfuse unmounts lazily (MNT_DETACH) when root: open files do not keep us from stopping.
             pyfuse3.close(unmount=True)
+            _native.set_fallocate_handler(None)
             log.info("unmounted %s", dir)
     finally:
         os.umask(old_umask)
