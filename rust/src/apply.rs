@@ -473,26 +473,38 @@ fn chmod_at(p: &Parent, mode: u32) -> io::Result<()> {
 ///
 /// # Errors
 /// The system call's error; a write that makes no progress is reported as `EIO`.
-pub fn write_all_at(fd: RawFd, mut data: &[u8], mut offset: u64) -> io::Result<()> {
-    while !data.is_empty() {
-        let off = libc::off_t::try_from(offset).map_err(|_| einval())?;
+pub fn write_all_at(fd: RawFd, data: &[u8], offset: u64) -> io::Result<()> {
+    match write_at_most(fd, data, offset) {
+        (_, Some(err)) => Err(err),
+        (_, None) => Ok(()),
+    }
+}
+
+/// `pwrite`s all of `data` at `offset` unless an error stops it: returns how
+/// many bytes were written, and the error that stopped it (`None`: all of them).
+/// A disk that fills up midway leaves the first bytes written.
+pub fn write_at_most(fd: RawFd, data: &[u8], offset: u64) -> (usize, Option<io::Error>) {
+    let mut done = 0;
+    while done < data.len() {
+        let Ok(off) = libc::off_t::try_from(offset + done as u64) else {
+            return (done, Some(einval()));
+        };
+        let rest = &data[done..];
         // SAFETY: valid fd and buffer; the result is checked.
-        let n = unsafe { libc::pwrite(fd, data.as_ptr().cast(), data.len(), off) };
+        let n = unsafe { libc::pwrite(fd, rest.as_ptr().cast(), rest.len(), off) };
         if n < 0 {
             let err = io::Error::last_os_error();
             if err.kind() == io::ErrorKind::Interrupted {
                 continue;
             }
-            return Err(err);
+            return (done, Some(err));
         }
         if n == 0 {
-            return Err(io::Error::from_raw_os_error(libc::EIO));
+            return (done, Some(io::Error::from_raw_os_error(libc::EIO)));
         }
-        let n = n.unsigned_abs();
-        data = &data[n..];
-        offset += n as u64;
+        done += n.unsigned_abs();
     }
-    Ok(())
+    (done, None)
 }
 
 fn timespec(ns: i64) -> libc::timespec {

@@ -33,7 +33,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::apply::write_all_at;
+use crate::apply::write_at_most;
 use crate::auth::{self, ClusterKey, Mode, SessionKeys};
 use crate::dirty::DirtyMap;
 use crate::error::{MirrorError, Result};
@@ -267,10 +267,12 @@ impl Forwarder {
 
     /// `pwrite`s `data` at `offset` on `fd`, then queues it for `path` with
     /// the file's resulting mtime (nothing is sent for `None`: an unlinked
-    /// file). Returns the bytes written.
+    /// file). Returns the bytes written: fewer than `data` when the local
+    /// disk filled up midway (only those are queued), as `pwrite` itself would.
     ///
     /// # Errors
-    /// The local `pwrite` error; [`MirrorError::InvalidPath`] before writing anything.
+    /// The local `pwrite` error when nothing was written; [`MirrorError::InvalidPath`]
+    /// before writing anything.
     pub fn write(&self, fd: RawFd, path: Option<&[u8]>, offset: u64, data: &[u8]) -> Result<usize> {
         self.write_posting(fd, path, offset, data, false)
     }
@@ -293,7 +295,12 @@ impl Forwarder {
             wire::validate_path(path)?;
         }
         let _order = lock(&self.order);
-        write_all_at(fd, data, offset)?;
+        // Like a local disk that fills up midway, a short write returns what was written, and
+        // exactly that is forwarded: the copies stay equal; the application's next write fails.
+        let data = match write_at_most(fd, data, offset) {
+            (0, Some(err)) if !data.is_empty() => return Err(err.into()),
+            (written, _) => &data[..written],
+        };
         let Some(path) = path else {
             return Ok(data.len());
         };

@@ -167,6 +167,23 @@ def test_errors_reach_the_application(mount: Mount) -> None:
     assert _errno(os.getxattr, mount.p("old.txt"), "user.none") == errno.ENODATA
 
 
+def test_a_full_disk_reaches_the_application_as_on_the_disk(tmp_path: Path) -> None:
+    _need_root_and_fuse()
+    dir = tmp_path / "tiny"
+    dir.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(dir)], check=True)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "mirrorcore.rfs.worker", "--dir", str(dir), "--passthrough"])
+        try:
+            _wait_mounted(dir, proc)
+            assert _errno((dir / "f").write_bytes, os.urandom(2 << 20)) == errno.ENOSPC  # a short write, then ENOSPC
+            assert os.stat(dir / "f").st_size == len((dir / "f").read_bytes()) > 0  # what fitted is there
+        finally:
+            _unmount(dir, proc)
+    finally:
+        subprocess.run(["umount", "-l", str(dir)], check=False)
+
+
 def test_permissions_are_checked_for_an_unprivileged_user(mount: Mount) -> None:
     Path(mount.p("secret")).write_bytes(b"s")
     os.chmod(mount.p("secret"), 0o600)

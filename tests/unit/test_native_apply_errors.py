@@ -8,6 +8,7 @@ id and get the failed path among the needs (so its resync repairs exactly it).
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import subprocess
@@ -152,3 +153,31 @@ def test_a_full_disk_halts_the_session_with_the_fix(mode: str, roots: tuple[Path
         assert _next_session_needs(receiver) == (COPY_ID, [(False, b"big")])
     finally:
         receiver.close()
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("mode", MODES)
+def test_a_full_disk_on_the_primary_forwards_exactly_what_was_written(
+    mode: str, receiver: Receiver, roots: tuple[Path, Path], tiny: Path
+) -> None:
+    fwd = Forwarder("127.0.0.1", receiver.port, KEY, mode=mode)
+    try:
+        _create(fwd, tiny, "big")
+        fd = os.open(tiny / "big", os.O_WRONLY)
+        try:
+            # 2 MiB do not fit in the 1 MiB tmpfs: a short write, as pwrite itself would return.
+            written = fwd.write(fd, b"big", 0, os.urandom(2 << 20))
+            assert 0 < written < 2 << 20
+            with pytest.raises(OSError, match="No space left on device") as full:
+                fwd.write(fd, b"big", written, b"more")
+            assert full.value.errno == errno.ENOSPC
+        finally:
+            os.close(fd)
+        fwd.barrier(10.0)
+        receiver.drain(10.0)
+    finally:
+        fwd.close()
+    # The secondary has exactly the bytes the primary's disk took, nothing more or less.
+    assert (roots[1] / "big").read_bytes() == (tiny / "big").read_bytes()
+    assert (tiny / "big").stat().st_size == written
+    assert receiver.failure is None
