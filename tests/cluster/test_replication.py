@@ -6,8 +6,10 @@ synchronous (`async="none"`) and semi-synchronous (`async="second"`) mode.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,6 +22,7 @@ from mirrorcore.demoset import DemoCluster, DemoSettings
 pytestmark = [pytest.mark.cluster, pytest.mark.root]
 
 WORKLOAD = Path(__file__).with_name("workload.py")
+PREFIX = Path(__file__).with_name("prefix.py")
 MODES = ["none", "second"]
 
 
@@ -41,6 +44,23 @@ def test_concurrent_writers_leave_identical_trees(lab, mode):
     receiver = status["rfs"]["receivers"][0]
     assert receiver["frames_rejected"] == 0
     assert receiver["apply_errors"] == 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_secondary_only_ever_holds_a_prefix_of_the_primarys_operations(lab, mode, tmp_path):
+    started(lab, mode)
+    stop = tmp_path / "stop"  # /tmp is shared by the lab's nodes
+    watch = [sys.executable, str(PREFIX), "watch", "/srv/demo/order", str(stop)]
+    watcher = lab.popen("node2", watch, stdout=subprocess.PIPE)
+    try:
+        lab.exec("node1", [sys.executable, str(PREFIX), "write", "/srv/demo/order", "3000"], timeout=120)
+        assert wait_identical(lab) == []
+    finally:
+        stop.touch()
+    out, _ = watcher.communicate(timeout=60)
+    seen = json.loads(out)
+    assert seen["violations"] == []
+    assert seen["states"] > 10  # it saw the history at many points while it was being made
 
 
 FALLOCATE = """
