@@ -152,7 +152,7 @@ def recover_stale_mount(dir: Path) -> bool:
     removed = False
     while fuse_mounts(dir):
         try:
-            os.stat(dir)
+            os.statvfs(dir)  # not stat: the kernel may answer that from its attribute cache
         except OSError as e:
             if e.errno != errno.ENOTCONN:
                 raise
