@@ -94,7 +94,11 @@ class Daemon:
             timeout=config.heart.timeout,
             local=self._beat_fields,
         )
-        self.mirror = Mirror(paths, config, key, self.log, self._mirror_changed) if config.rfs is not None else None
+        self.mirror = (
+            Mirror(paths, config, key, self.log, self._mirror_changed, self._worker_lost)
+            if config.rfs is not None
+            else None
+        )
         self.rfsctl = rfsctl.RfsControl(self.mirror, config, paths, self.log)
         self.watch = watch.Watch(
             config, paths, self.log, self.vip, node=lambda: self.node, submit=self.submit, kick=self.heart.kick
@@ -357,6 +361,19 @@ class Daemon:
     def _mirror_changed(self) -> None:
         """Replication started or stopped streaming: tell the peer now, not at the next pulse."""
         self.heart.kick()
+
+    def _worker_lost(self, why: str, mounted: bool) -> None:
+        """A replication worker died and was replaced. Mounted again: the application restarts on the
+        new mount (its open files were on the dead one), counted against maxloop like a rule's restart.
+        Not mounted: the module stops (the peer takes over), rather than run on an unreplicated copy."""
+        if self._nursery is not None:
+            self._nursery.start_soon(self._act_on_lost_worker, why, mounted)
+
+    async def _act_on_lost_worker(self, why: str, mounted: bool) -> None:
+        action, detail = ("restart", why) if mounted else ("stop", f"{why} and could not be mounted again")
+        step = await self.submit(fsm.Command(action, time.time(), initiator="rfs", detail=detail))
+        if step.refused is not None:
+            self.log.write(f"{action} after {detail} refused: {step.refused}", level="E", initiator="rfs")
 
     def _script_env(self) -> dict[str, str]:
         env = dict(self.config.user.vars)

@@ -98,6 +98,35 @@ def test_acknowledged_writes_survive_a_crash_of_the_primary(lab, mode):
         assert cluster.client("get", f"/kv/k{i}")[:3] == (200, "node2", f"value {i}")
 
 
+def _worker_pids() -> list[int]:
+    """The demo module's FUSE workers (the lab's nodes share /proc; only a primary has one)."""
+    found = subprocess.run(["pgrep", "-f", "mirrorcore.rfs.worker --module demo "], capture_output=True, text=True)
+    return [int(pid) for pid in found.stdout.split()]
+
+
+def test_a_killed_replication_worker_is_replaced_and_the_app_restarted_on_the_new_mount(lab):
+    cluster = started(lab, "none")
+    assert cluster.client("put", "/kv/before", "1")[:2] == (201, "node1")
+    [worker] = _worker_pids()
+    app = lab.host_path("node1", "/run/mirrorcore/demoapp.pid").read_text()
+    os.kill(worker, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while (status := cluster.state("node1"))["loop"]["count"] < 1 or status["state"] != "PRIM":
+        log = cluster.module_log("node1")[-3000:]
+        assert time.monotonic() < deadline, f"no restart after the worker was killed: {status['reason']}\n{log}"
+        time.sleep(0.2)
+    cluster.wait_for("node1", "PRIM", timeout=30)
+    assert lab.host_path("node1", "/run/mirrorcore/demoapp.pid").read_text() != app  # the app was restarted
+    assert [p for p in _worker_pids() if p != worker]  # by a new worker, on a new mount
+    cluster.wait_for("node2", "SECOND", timeout=60)  # resynced: mirroring again
+    assert cluster.client("put", "/kv/after", "2")[:2] == (201, "node1")
+    assert cluster.client("get", "/kv/before")[:3] == (200, "node1", "1")
+    assert wait_identical(lab) == []
+    log = cluster.module_log("node1")
+    assert "The replication worker of /srv/demo was killed by signal SIGKILL: its mount is dead" in log
+    assert cluster.state("node1")["loop"]["count"] == 1  # counted against maxloop, once
+
+
 def test_a_returning_old_primary_is_resynced_by_zones_and_mirrors_again(lab):
     cluster = started(lab, "second")
     cluster.client("put", "/kv/before", "1")

@@ -56,12 +56,32 @@ RESYNC_COMMANDS = ("pause", "resume", "boost", "unboost")
 PROGRESS_LOG_SECONDS = 10.0
 
 
+class _Starting:
+    """A worker being started: `over` is set once it mounted (`mounted`) or closed its stdout."""
+
+    def __init__(self) -> None:
+        self.over = trio.Event()
+        self.mounted = False
+
+    def ready(self) -> None:
+        self.mounted = True
+        self.over.set()
+
+
 class Mirror:
     """Replication of one module's directories on this node."""
 
     def __init__(
-        self, paths: Paths, config: ModuleConfig, key: bytes, log: ModuleLog, on_change: Callable[[], None]
+        self,
+        paths: Paths,
+        config: ModuleConfig,
+        key: bytes,
+        log: ModuleLog,
+        on_change: Callable[[], None],
+        on_worker_lost: Callable[[str, bool], None] | None = None,
     ) -> None:
+        """`on_change`: streaming started or stopped; `on_worker_lost(why, mounted)`: a worker died,
+        and its replacement mounted the directory again (the application must reopen its files) or not."""
         assert config.rfs is not None
         self.paths = paths
         self.config = config
@@ -76,6 +96,8 @@ class Mirror:
         self.resync: dict[str, dict[str, Any]] = {}  # primary: directory -> the worker's latest resync progress
         self._copy_ids: list[int] = []  # secondary: per receiver, the copy id last saved in copy-<index>.json
         self._on_change = on_change
+        self._on_worker_lost = on_worker_lost
+        self._nursery: trio.Nursery | None = None  # primary: where the workers' followers run
         self._streaming: dict[str, bool] = {}  # primary: directory -> the secondary has its copy and follows
         self._read_only: list[Path] = []  # secondary: directories overmounted read-only for applications
         self._epoch = 0  # bumped by every stop, so waits that began before it end
@@ -92,33 +114,35 @@ class Mirror:
         self.role = "primary"
         self.tracking = {}
         self.resync = {}
+        self._nursery = nursery
         for index, replicated in enumerate(self.rfs.dirs):
-            await trio.to_thread.run_sync(_prepare_dir, Path(replicated.dir))
-            worker_log = self._worker_log()
-            try:
-                proc = await trio.lowlevel.open_process(
-                    [
-                        sys.executable,
-                        "-m",
-                        "mirrorcore.rfs.worker",
-                        "--module",
-                        self.config.name,
-                        "--index",
-                        str(index),
-                    ],
-                    stdin=subprocess.PIPE,  # resync commands
-                    stdout=subprocess.PIPE,
-                    stderr=worker_log,
-                )
-            finally:
-                os.close(worker_log)
+            proc, _ = await self._start_worker(index, replicated.dir)
             self._workers.append(proc)
-            ready = trio.Event()
-            nursery.start_soon(self._follow_worker, proc, replicated.dir, ready.set)
-            with trio.move_on_after(WORKER_READY_SECONDS):
-                await ready.wait()
-            if not ready.is_set():
-                self.log.write(f"Replication of {replicated.dir} did not start; see worker.log", level="E")
+
+    async def _start_worker(self, index: int, dir: str) -> tuple[trio.Process, bool]:
+        """Starts the worker of replicated directory `index` and waits (a while) until it has mounted.
+
+        Returns the process and whether it mounted (False: it exited first, or took too long).
+        """
+        assert self._nursery is not None
+        await trio.to_thread.run_sync(_prepare_dir, Path(dir))
+        worker_log = self._worker_log()
+        try:
+            proc = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "mirrorcore.rfs.worker", "--module", self.config.name, "--index", str(index)],
+                stdin=subprocess.PIPE,  # resync commands
+                stdout=subprocess.PIPE,
+                stderr=worker_log,
+            )
+        finally:
+            os.close(worker_log)
+        starting = _Starting()
+        self._nursery.start_soon(self._follow_worker, proc, index, dir, starting)
+        with trio.move_on_after(WORKER_READY_SECONDS):
+            await starting.over.wait()
+        if not starting.mounted:
+            self.log.write(f"Replication of {dir} did not start; see worker.log", level="E")
+        return proc, starting.mounted
 
     async def start_secondary(self) -> None:
         """Listens for the primary on the flow LAN, one receiver per replicated directory."""
@@ -341,7 +365,42 @@ class Mirror:
             out["resync"] = dict(self.resync)
         return out
 
-    async def _follow_worker(self, proc: trio.Process, dir: str, on_ready: Callable[[], None]) -> None:
+    async def _follow_worker(self, proc: trio.Process, index: int, dir: str, starting: _Starting) -> None:
+        assert proc.stdout is not None
+        await self._read_events(proc, dir, starting.ready)
+        starting.over.set()  # it closed its stdout: exiting
+        await proc.wait()
+        if proc in self._workers:  # `stop` takes the workers out of the list before stopping them
+            await self._worker_died(proc, index, dir)
+
+    async def _worker_died(self, proc: trio.Process, index: int, dir: str) -> None:
+        """A worker exited on its own: its mount is dead, the application's files there unreachable.
+
+        Mounts the directory again at once (a new worker: it removes the dead mount, and resyncs the
+        secondary since its last sync time, the dead worker's map being lost), then tells the daemon
+        (`on_worker_lost`), which restarts the application on the new mount, or stops the module when
+        the directory could not be mounted again.
+        """
+        code = proc.returncode or 0  # it has exited: never None here
+        how = f"was killed by signal {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        why = f"the replication worker of {dir} {how}"
+        message = f"{why[0].upper()}{why[1:]}: its mount is dead; mounting it again (see worker.log)"
+        self.log.write(message, level="E", initiator="rfs")
+        self._streaming[dir] = False
+        self._on_change()
+        epoch = self._epoch
+        new, mounted = await self._start_worker(index, dir)
+        if epoch != self._epoch or proc not in self._workers:  # stopped meanwhile
+            new.kill()
+            await new.wait()
+            await trio.to_thread.run_sync(recover_stale_mount, Path(dir))
+            return
+        self._workers[self._workers.index(proc)] = new
+        if self._on_worker_lost is not None:
+            self._on_worker_lost(why, mounted)
+
+    async def _read_events(self, proc: trio.Process, dir: str, on_ready: Callable[[], None]) -> None:
+        """Follows the events a worker prints on its stdout, until it closes it."""
         assert proc.stdout is not None
         buffer = b""
         async for chunk in proc.stdout:
