@@ -71,7 +71,7 @@ def after_script(s: Settings, node: Node, ev: ScriptDone) -> Step:
         return decide(s, n.but(phase=Phase.LISTEN, goal=Goal.NONE, color=Color.ORANGE))
     if sc == "start_prim":  # Goal.PRIMARY or the second half of Goal.RESTART
         if not ev.ok:
-            return _abort(n, f"start_prim failed: {ev.detail}; fix the application, then `mirrorctl start`")
+            return _abort(n, f"start_prim failed: {ev.detail}; fix the cause, then `mirrorctl start`")
         since = ev.now if g is Goal.PRIMARY else n.primary_since
         n = n.but(goal=Goal.NONE, color=Color.GREEN, primary_since=since)
         return then_pending_stop(settle_primary(s, n, ev.now))

@@ -255,7 +255,20 @@ class Daemon:
                 f"{step.reason}",
                 initiator=_initiator(event),
             )
+        not_mounted: list[str] = []
         for action in step.actions:
+            if not_mounted and isinstance(action, fsm.SetVip | fsm.RunScript):
+                # start_prim (and the VIP) follow StartMirror: the application must not start on an
+                # unreplicated copy. Its start fails instead, and the module stops (the peer may take over).
+                if isinstance(action, fsm.RunScript):
+                    detail = f"not run: replicated directory {', '.join(not_mounted)}"
+                    done = fsm.ScriptDone(script=action.script, ok=False, detail=detail, now=time.time())
+                    await self._events_send.send((done, None))
+                continue
+            if isinstance(action, fsm.StartMirror) and action.role == "primary" and self.mirror is not None:
+                assert self._nursery is not None
+                not_mounted = await self.mirror.start_primary(self._nursery)
+                continue
             await self._execute(action)
         self.announced = self.node
         if moved:
@@ -278,12 +291,10 @@ class Daemon:
                 done = self.mirror.sessions_done(after_break=action.after_break)
                 self._nursery.start_soon(self._await_resync, self.mirror, done)
         elif isinstance(action, fsm.StartMirror) and self.mirror is not None:
-            if action.role == "primary":
-                await self.mirror.start_primary(self._nursery)
-            else:
-                blocked = await self.rfsctl.start_secondary(action)
-                if blocked is not None:
-                    await self._events_send.send((fsm.ResyncDone(ok=False, detail=blocked, now=time.time()), None))
+            # The primary's StartMirror is carried out by the step loop, which needs its outcome.
+            blocked = await self.rfsctl.start_secondary(action)
+            if blocked is not None:
+                await self._events_send.send((fsm.ResyncDone(ok=False, detail=blocked, now=time.time()), None))
         elif isinstance(action, fsm.OweSalvage) and self.mirror is not None:
             await self.rfsctl.owe_salvage(action.reason)
         elif isinstance(action, fsm.StopMirror) and self.mirror is not None:
@@ -370,10 +381,10 @@ class Daemon:
             self._nursery.start_soon(self._act_on_lost_worker, why, mounted)
 
     async def _act_on_lost_worker(self, why: str, mounted: bool) -> None:
-        action, detail = ("restart", why) if mounted else ("stop", f"{why} and could not be mounted again")
-        step = await self.submit(fsm.Command(action, time.time(), initiator="rfs", detail=detail))
+        action = "restart" if mounted else "stop"
+        step = await self.submit(fsm.Command(action, time.time(), initiator="rfs", detail=why))
         if step.refused is not None:
-            self.log.write(f"{action} after {detail} refused: {step.refused}", level="E", initiator="rfs")
+            self.log.write(f"{action} after {why} refused: {step.refused}", level="E", initiator="rfs")
 
     def _script_env(self) -> dict[str, str]:
         env = dict(self.config.user.vars)

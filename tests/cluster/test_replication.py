@@ -127,6 +127,20 @@ def test_a_killed_replication_worker_is_replaced_and_the_app_restarted_on_the_ne
     assert cluster.state("node1")["loop"]["count"] == 1  # counted against maxloop, once
 
 
+def test_a_directory_that_cannot_be_mounted_keeps_the_application_from_starting(lab):
+    cluster = DemoCluster(lab)
+    cluster.install(DemoSettings(async_mode="none"))
+    lab.exec("node1", ["mount", "--bind", "/dev/null", "/dev/fuse"])  # as if FUSE were missing on node1
+    cluster.ctl("node1", "prim")
+    status = cluster.wait_for("node1", "STOP", "red", timeout=60)
+    assert (
+        "start_prim failed: not run: replicated directory /srv/demo could not be mounted"
+        " (RuntimeError: fuse_session_mount failed; see /var/log/mirrorcore/demo/worker.log)"
+    ) in status["reason"]
+    assert not lab.host_path("node1", "/run/mirrorcore/demoapp.pid").exists()  # the application never ran
+    assert "Script start_prim" not in cluster.module_log("node1")
+
+
 def test_a_returning_old_primary_is_resynced_by_zones_and_mirrors_again(lab):
     cluster = started(lab, "second")
     cluster.client("put", "/kv/before", "1")

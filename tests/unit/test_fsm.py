@@ -350,7 +350,7 @@ def test_start_prim_failure_cleans_up_and_stops_red() -> None:
     )
     st = done(st.node)
     assert (st.node.state, st.node.color) == (State.STOP, Color.RED)
-    assert st.reason == "start_prim failed: exit 1: port busy; fix the application, then `mirrorctl start`"
+    assert st.reason == "start_prim failed: exit 1: port busy; fix the cause, then `mirrorctl start`"
     assert st.actions == ()
 
 

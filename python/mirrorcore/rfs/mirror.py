@@ -98,6 +98,7 @@ class Mirror:
         self._on_change = on_change
         self._on_worker_lost = on_worker_lost
         self._nursery: trio.Nursery | None = None  # primary: where the workers' followers run
+        self._last_words: dict[str, str] = {}  # primary: directory -> what ended its last worker (`failed`)
         self._streaming: dict[str, bool] = {}  # primary: directory -> the secondary has its copy and follows
         self._read_only: list[Path] = []  # secondary: directories overmounted read-only for applications
         self._epoch = 0  # bumped by every stop, so waits that began before it end
@@ -108,16 +109,29 @@ class Mirror:
         self._verify_done = trio.Event()
         self._progress_logged: dict[str, float] = {}  # primary: directory -> when its last progress line was logged
 
-    async def start_primary(self, nursery: trio.Nursery) -> None:
-        """Mounts every replicated directory; returns once all are served."""
+    async def start_primary(self, nursery: trio.Nursery) -> list[str]:
+        """Mounts every replicated directory; returns once all are served.
+
+        Returns what went wrong for each directory that could not be mounted (empty: all are): the
+        application must not start on an unreplicated copy.
+        """
         await self.stop()
         self.role = "primary"
         self.tracking = {}
         self.resync = {}
         self._nursery = nursery
+        failed = []
         for index, replicated in enumerate(self.rfs.dirs):
-            proc, _ = await self._start_worker(index, replicated.dir)
-            self._workers.append(proc)
+            proc, mounted = await self._start_worker(index, replicated.dir)
+            if mounted:
+                self._workers.append(proc)
+                continue
+            failed.append(f"{replicated.dir} could not be mounted ({self._worker_error(replicated.dir)})")
+            if proc.returncode is None:  # too slow: not kept (nor followed as a worker that died)
+                proc.kill()
+                await proc.wait()
+            await trio.to_thread.run_sync(recover_stale_mount, Path(replicated.dir))
+        return failed
 
     async def _start_worker(self, index: int, dir: str) -> tuple[trio.Process, bool]:
         """Starts the worker of replicated directory `index` and waits (a while) until it has mounted.
@@ -141,7 +155,7 @@ class Mirror:
         with trio.move_on_after(WORKER_READY_SECONDS):
             await starting.over.wait()
         if not starting.mounted:
-            self.log.write(f"Replication of {dir} did not start; see worker.log", level="E")
+            self.log.write(f"Replication of {dir} did not start; see worker.log", level="E", initiator="rfs")
         return proc, starting.mounted
 
     async def start_secondary(self) -> None:
@@ -395,7 +409,15 @@ class Mirror:
             await new.wait()
             await trio.to_thread.run_sync(recover_stale_mount, Path(dir))
             return
-        self._workers[self._workers.index(proc)] = new
+        if mounted:
+            self._workers[self._workers.index(proc)] = new
+        else:
+            self._workers.remove(proc)
+            why += f", and the directory could not be mounted again ({self._worker_error(dir)})"
+            if new.returncode is None:
+                new.kill()
+                await new.wait()
+            await trio.to_thread.run_sync(recover_stale_mount, Path(dir))
         if self._on_worker_lost is not None:
             self._on_worker_lost(why, mounted)
 
@@ -418,6 +440,10 @@ class Mirror:
                 elif kind == "resync":
                     self.resync[dir] = event
                     self._log_progress(dir, event)
+                elif kind == "failed":
+                    self._last_words[dir] = str(event.get("detail", ""))
+                    message = f"Replication worker of {dir} failed: {event.get('detail')}"
+                    self.log.write(message, level="E", initiator="rfs")
                 elif kind == "ready":
                     on_ready()
                     self.log.write(f"Replicated directory {dir} mounted", initiator="rfs")
@@ -464,6 +490,12 @@ class Mirror:
             return
         self._progress_logged[dir] = now
         self.log.write(_progress_line(dir, event), initiator="rfs")
+
+    def _worker_error(self, dir: str) -> str:
+        """What ended `dir`'s worker (its `failed` event), and where to read more."""
+        path = self.paths.log_dir(self.config.name) / "worker.log"
+        last = self._last_words.pop(dir, None)
+        return f"{last}; see {path}" if last else f"see {path}"
 
     def _worker_log(self) -> int:
         log_dir = self.paths.log_dir(self.config.name)

@@ -29,7 +29,7 @@ from mirrorcore.rfs.filters import Filter
 from mirrorcore.rfs.fuse import MOUNT_OPTIONS, MirrorFS
 from mirrorcore.rfs.replicator import Replicator
 
-__all__ = ["Mount", "fuse_mounts", "main", "mounts_at", "recover_stale_mount", "serve"]
+__all__ = ["Mount", "fuse_mounts", "last_words", "main", "mounts_at", "recover_stale_mount", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -286,6 +286,13 @@ def replication_port(base_port: int, index: int) -> int:
     return base_port + 1 + index
 
 
+def last_words(e: BaseException) -> str:
+    """`Type: message` of what ended a worker (the first leaf of an exception group)."""
+    while isinstance(e, BaseExceptionGroup) and e.exceptions:
+        e = e.exceptions[0]
+    return f"{type(e).__name__}: {e}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m mirrorcore.rfs.worker --dir DIR --passthrough`: serve one directory until SIGTERM."""
     parser = argparse.ArgumentParser(prog="python -m mirrorcore.rfs.worker", description=__doc__)
@@ -302,7 +309,13 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.debug else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
     if args.module:
-        trio.run(_run_module, args.module, args.index)
+        try:
+            trio.run(_run_module, args.module, args.index)
+        except Exception as e:
+            from mirrorcore.rfs.primary import report
+
+            report("failed", detail=last_words(e))  # the daemon's reason for not starting names it
+            raise
         return 0
     if args.dir is None or not args.passthrough:
         parser.error("pass --module NAME [--index I] to replicate, or --dir DIR --passthrough")
