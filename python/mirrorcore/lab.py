@@ -106,6 +106,11 @@ def _kill_all(nets: set[tuple[int, int]], mnts: set[tuple[int, int]], exclude: I
     """SIGKILL every member until none is left; processes may fork while we look, hence the loop."""
     if not nets and not mnts:
         return
+    # Frozen first, as a power loss leaves them: none may react to another's death (a worker whose
+    # daemon died would stop cleanly, which a crash never does).
+    for pid in _members(nets, mnts, exclude):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP)
     deadline = time.monotonic() + _KILL_DEADLINE
     while victims := _members(nets, mnts, exclude):
         if time.monotonic() > deadline:

@@ -127,6 +127,20 @@ def test_a_killed_replication_worker_is_replaced_and_the_app_restarted_on_the_ne
     assert cluster.state("node1")["loop"]["count"] == 1  # counted against maxloop, once
 
 
+def test_a_worker_does_not_outlive_its_daemon(lab):
+    started(lab, "second")
+    [worker] = _worker_pids()
+    daemon = int(lab.host_path("node1", "/run/mirrorcore/demo.pid").read_text())
+    os.kill(daemon, signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while worker in _worker_pids():
+        assert time.monotonic() < deadline, "the worker outlived its daemon"
+        time.sleep(0.1)
+    # It stopped cleanly: unmounted, and its map saved for the next start.
+    assert "fuse" not in lab.exec("node1", ["cat", "/proc/self/mountinfo"]).stdout
+    assert lab.host_path("node1", "/var/lib/mirrorcore/demo/dirty-0.bin").exists()
+
+
 def test_a_directory_that_cannot_be_mounted_keeps_the_application_from_starting(lab):
     cluster = DemoCluster(lab)
     cluster.install(DemoSettings(async_mode="none"))

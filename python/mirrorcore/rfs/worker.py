@@ -245,9 +245,17 @@ async def _run_module(module: str, index: int) -> None:
             emit = functools.partial(report, "verify", dir=replicated.dir, id=request)
             nursery.start_soon(verify_command, ops.root_fd, filter, link, throttle, repair, emit)
 
-        if not os.isatty(0):
+        async def follow_daemon() -> None:
             # The daemon's commands (pause, resume, boost; verify) come on stdin, one JSON line each.
-            nursery.start_soon(read_commands, throttle, trio.lowlevel.FdStream(os.dup(0)), verify)
+            # The pipe closes only when the daemon dies: then stop cleanly (unmount, map saved) rather
+            # than keep the application writing through a mount nobody watches, under which a
+            # restarted daemon would mount a second worker.
+            await read_commands(throttle, trio.lowlevel.FdStream(os.dup(0)), verify)
+            log.warning("the daemon is gone (its pipe closed): unmounting")
+            nursery.cancel_scope.cancel()
+
+        if not os.isatty(0):
+            nursery.start_soon(follow_daemon)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
                 log.info("signal %d: unmounting", signum)
