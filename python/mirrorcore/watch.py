@@ -11,15 +11,19 @@ for heartbeat news, `witness` when every heartbeat is lost, and `handle` for the
 
 Checkers see the module's state through `checker_state`: WAIT while a script runs, so a `prim`
 checker (and errd's `class="prim"`) starts watching once start_prim has returned, and STOP while
-`mirrorctl checker off` (`errd off` for errd) is in force.
+`mirrorctl checker off` (`errd off` for errd) is in force; both switches are kept in the module's
+state directory (`watch.json`), so they outlive a restart of the daemon.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any, Protocol
 
 import trio
@@ -118,8 +122,14 @@ class Watch:
         self._kick = kick
         self.resources = Resources()
         self.engine = RuleEngine.for_module(config)
-        self.checkers_on = True
-        self.errd_on = True
+        # `checker off` / `errd off` outlive a daemon restart (an operator's maintenance must not end
+        # because the daemon was restarted): kept in the module's state directory.
+        self._switches = paths.state_dir(config.name) / "watch.json"
+        self.checkers_on, self.errd_on = _load_switches(self._switches, log)
+        for what, on in (("checker", self.checkers_on), ("errd", self.errd_on)):
+            if not on:
+                said = f"{what} off, as set before the daemon started: `mirrorctl {what} on` resumes"
+                log.write(_sentence(said), initiator="watch")
         self.last_rule: _LastRule | None = None
         self._acting: set[str] = set()  # rules whose action is under way: fire again once it is over
         self._bin_dir = paths.bin_dir(config.name)
@@ -344,6 +354,13 @@ class Watch:
             self.errd_on = on
         self._invalidate()
         what = "checkers" if request.cmd == "checker" else "errd"
+        try:
+            _save_switches(self._switches, self.checkers_on, self.errd_on)
+        except OSError as e:
+            state = "on" if on else "off"
+            kept = f"{what} {state} until the daemon stops: could not record it in {self._switches} ({e})"
+            self.log.write(_sentence(kept), level="E", initiator=request.initiator)
+            return control.Reply(ok=True, message=kept)
         self.log.write(f"{what.capitalize()} set {'on' if on else 'off'}", initiator=request.initiator)
         return control.Reply(ok=True, message=f"{what} {'on' if on else 'off'}")
 
@@ -394,6 +411,26 @@ class Watch:
             "last_rule": None if last is None else dict(vars(last)),
             "resources": self.resources.details(),
         }
+
+
+def _load_switches(path: Path, log: ModuleLog) -> tuple[bool, bool]:
+    """(checkers on, errd on) as last set with `mirrorctl checker|errd`; both on when never set."""
+    try:
+        saved = json.loads(path.read_text())
+        return bool(saved.get("checkers", True)), bool(saved.get("errd", True))
+    except FileNotFoundError:
+        return True, True
+    except (OSError, ValueError, AttributeError) as e:
+        log.write(f"Ignoring {path} ({e}): checkers and errd on", level="E", initiator="watch")
+        return True, True
+
+
+def _save_switches(path: Path, checkers: bool, errd: bool) -> None:
+    """Records the switches atomically (a crash leaves the old or the new file, never half of one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"checkers": checkers, "errd": errd}) + "\n")
+    os.replace(tmp, path)
 
 
 def _sentence(text: str) -> str:

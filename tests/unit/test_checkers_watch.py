@@ -145,3 +145,31 @@ def test_state_lines_say_what_is_down_what_is_off_and_the_last_rule() -> None:
     assert lines[1] == "checkers off (`mirrorctl checker on` turns them back on)"
     assert lines[2].endswith("tcp_app_down -> restart(): rule tcp_app_down held")
     assert status_lines({"checkers": True, "errd": True, "resources_down": [], "last_rule": None}) == []
+
+
+def test_checker_and_errd_off_outlive_a_restart_of_the_daemon(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    paths = Paths(etc=tmp_path / "etc", lib=tmp_path / "lib", log=tmp_path / "log", run=tmp_path / "run")
+
+    def restarted() -> Watch:
+        """The Watch of a new daemon of the same module."""
+        cfg = h.watch.config
+        return Watch(cfg, paths, h.log, VipManager(cfg.vips), node=lambda: h.node, submit=h.submit, kick=lambda: None)
+
+    def ask(watch: Watch, cmd: str, on: bool) -> control.Reply:
+        return watch.handle(control.Request(cmd=cmd, args={"on": on}, initiator="admin"))
+
+    assert (h.watch.checkers_on, h.watch.errd_on) == (True, True)  # never set: both on
+    assert ask(h.watch, "checker", False).message == "checkers off"
+    assert ask(h.watch, "errd", False).message == "errd off"
+    again = restarted()
+    assert (again.checkers_on, again.errd_on) == (False, False)
+    assert again.checker_state() == "STOP"
+    assert "Checker off, as set before the daemon started: `mirrorctl checker on` resumes" in h.log.path.read_text()
+    ask(again, "checker", True)
+    assert (restarted().checkers_on, restarted().errd_on) == (True, False)
+    # A damaged record is reported and ignored: watching is the safe default.
+    (tmp_path / "lib" / "AM" / "watch.json").write_text("{not json")
+    damaged = restarted()
+    assert (damaged.checkers_on, damaged.errd_on) == (True, True)
+    assert f"Ignoring {tmp_path}/lib/AM/watch.json" in h.log.path.read_text()
