@@ -84,7 +84,8 @@ async def serve(
         _native.set_fallocate_handler(ops.fallocate)
         pyfuse3.init(ops, str(dir), _mount_options(fd))
         if not _native.fuse_shim_installed():
-            log.info("fallocate(2) is not supported on %s (pyfuse3 was loaded before mirrorcore.rfs)", dir)
+            # pyfuse3 was loaded before mirrorcore.rfs, or its libfuse does not call fuse_session_new.
+            log.warning("fallocate(2) is not supported on %s: the native shim could not add its handler", dir)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(pyfuse3.main)
