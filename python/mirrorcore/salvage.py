@@ -78,6 +78,8 @@ def changes_from_map(dirty: _native.DirtyMap) -> Changes:
         elif kind == "rename" and path2 is not None:
             renamed.append((path, path2))
             changed.append(path2)
+        elif kind == "exchange" and path2 is not None:
+            changed += [path, path2]  # each name now holds the other's entry
         elif kind == "link" and path2 is not None:
             changed.append(path2)
         else:

@@ -25,8 +25,9 @@ def test_changes_from_a_tracking_map_name_writes_removals_and_renames() -> None:
     m.mark_namespace("unlink", b"gone.txt", None, 2)
     m.mark_namespace("rename", b"a.txt", b"d/b.txt", 3)
     m.mark_namespace("create", b"new.txt", None, 4)
+    m.mark_namespace("exchange", b"x.txt", b"d/y.txt", 5)
     c = changes_from_map(m)
-    assert set(c.changed) == {b"d/kept.txt", b"d/b.txt", b"new.txt"}
+    assert set(c.changed) == {b"d/kept.txt", b"d/b.txt", b"new.txt", b"x.txt", b"d/y.txt"}
     assert c.removed == (b"gone.txt",)
     assert c.renamed == ((b"a.txt", b"d/b.txt"),)
     assert "tracking map" in c.source
