@@ -18,7 +18,6 @@ state directory (`watch.json`), so they outlive a restart of the daemon.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -50,6 +49,7 @@ from mirrorcore.heart import Beat, unpack_resources
 from mirrorcore.modlog import ModuleLog
 from mirrorcore.paths import Paths
 from mirrorcore.scripts import ScriptRunner
+from mirrorcore.state import write_atomic
 from mirrorcore.vip import VipManager
 
 __all__ = ["COMMANDS", "IP_INTERVAL", "Watch"]
@@ -355,7 +355,7 @@ class Watch:
         self._invalidate()
         what = "checkers" if request.cmd == "checker" else "errd"
         try:
-            _save_switches(self._switches, self.checkers_on, self.errd_on)
+            write_atomic(self._switches, json.dumps({"checkers": self.checkers_on, "errd": self.errd_on}))
         except OSError as e:
             state = "on" if on else "off"
             kept = f"{what} {state} until the daemon stops: could not record it in {self._switches} ({e})"
@@ -423,14 +423,6 @@ def _load_switches(path: Path, log: ModuleLog) -> tuple[bool, bool]:
     except (OSError, ValueError, AttributeError) as e:
         log.write(f"Ignoring {path} ({e}): checkers and errd on", level="E", initiator="watch")
         return True, True
-
-
-def _save_switches(path: Path, checkers: bool, errd: bool) -> None:
-    """Records the switches atomically (a crash leaves the old or the new file, never half of one)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"checkers": checkers, "errd": errd}) + "\n")
-    os.replace(tmp, path)
 
 
 def _sentence(text: str) -> str:
