@@ -316,7 +316,7 @@ impl Forwarder {
         let mut off = offset;
         for chunk in data.chunks(WRITE_CHUNK) {
             let len = wire::HEADER_LEN + wire::write_overhead(path) + chunk.len() + wire::MAC_LEN;
-            let prepared = self.prepare(
+            let (seq, frame) = self.prepare(
                 len,
                 |seq| wire::write_frame(seq, path, off, mtime_ns, chunk),
                 || Unsent::Write {
@@ -325,7 +325,7 @@ impl Forwarder {
                     len: chunk.len() as u64,
                 },
             );
-            held.extend(prepared.1.map(|f| (prepared.0, f)));
+            held.extend(frame.map(|f| (seq, f)));
             if !post {
                 self.shared.enqueue(std::mem::take(&mut held));
             }
